@@ -1,0 +1,1 @@
+"""EtherSync: passphrase-derived spaces where messages and files spread by gossip."""
