@@ -129,6 +129,24 @@ class Keypair:
             if not 0 <= index <= wire.MAX_INDEX:
                 raise InvalidKeypair("session indices must fit in a u32")
 
+    @classmethod
+    def from_split(
+        cls,
+        initiator_to_responder: bytes,
+        responder_to_initiator: bytes,
+        *,
+        is_initiator: bool,
+        local_index: int,
+        remote_index: int,
+        now: float,
+    ) -> Keypair:
+        """Build from the two Noise ``split()`` keys, in split order, picking directions."""
+        if is_initiator:
+            send, recv = initiator_to_responder, responder_to_initiator
+        else:
+            send, recv = responder_to_initiator, initiator_to_responder
+        return cls(send, recv, local_index, remote_index, now, is_initiator)
+
     def age(self, now: float) -> float:
         return now - self.created_at
 

@@ -347,6 +347,21 @@ def test_install_refuses_a_local_index_already_in_use() -> None:
         alice.install(keypairs(1, 1.0, a_index=1)[0], 1.0)
 
 
+def test_keypairs_from_the_same_split_talk_to_each_other() -> None:
+    i2r, r2i = bytes(range(32)), bytes(range(32, 64))
+    alice, bob = Session(), Session()
+    alice.install(
+        Keypair.from_split(i2r, r2i, is_initiator=True, local_index=7, remote_index=9, now=0.0),
+        0.0,
+    )
+    bob.install(
+        Keypair.from_split(i2r, r2i, is_initiator=False, local_index=9, remote_index=7, now=0.0),
+        0.0,
+    )
+    assert bob.open_untrusted(alice.seal(b"ping", 1.0), 1.0) == b"ping"
+    assert alice.open_untrusted(bob.seal(b"pong", 1.0), 1.0) == b"pong"
+
+
 def test_keypair_refuses_short_keys() -> None:
     with pytest.raises(InvalidKeypair):
         Keypair(bytes(31), bytes(32), 1, 2, created_at=0.0, is_initiator=True)
