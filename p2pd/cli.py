@@ -1,0 +1,146 @@
+"""The ``p2pd`` command line: one clear line per failure, a distinct exit code per kind.
+
+Output discipline: results on stdout (``--json`` gives one JSON object per line), status
+and errors on stderr, never a secret in either.  The process title is rewritten before
+anything else runs, so a passphrase typed as an argument leaves the process list at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from p2pd import __version__
+from p2pd.errors import LocalError, P2pdError
+from p2pd.passphrase import hide_arguments
+
+#: Exit codes, one per kind of outcome (documented in README.md).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NO_PEER = 3
+EXIT_INTERRUPTED = 130
+#: Words in a passphrase made by ``p2pd phrase``: 5 x 12.9 = 64.6 bits.
+DEFAULT_PHRASE_WORDS = 5
+#: Fewest words ``p2pd phrase`` makes: 4 x 12.9 = 51.7 bits, still above the strength floor.
+MIN_PHRASE_WORDS = 4
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    print(json.dumps(obj, sort_keys=True) if args.json else text, flush=True)
+
+
+def _passphrase(args: argparse.Namespace) -> str:
+    from p2pd.passphrase import read_passphrase  # noqa: PLC0415
+
+    return read_passphrase(args.passphrase, passphrase_file=args.passphrase_file).passphrase
+
+
+def cmd_derive(args: argparse.Namespace) -> int:
+    from p2pd.derive import derive  # noqa: PLC0415
+
+    public = derive(_passphrase(args)).public()
+    text = "\n".join(f"{key}: {value}" for key, value in public.items())
+    _emit(args, public, text)
+    return EXIT_OK
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    from p2pd.identity import load_or_create  # noqa: PLC0415
+    from p2pd.paths import resolve_state_dir  # noqa: PLC0415
+
+    state_dir = resolve_state_dir(args.state_dir)
+    ident = load_or_create(state_dir)
+    obj = {"fingerprint": ident.fingerprint, "public_key": ident.public.hex()}
+    _emit(args, obj, ident.fingerprint)
+    return EXIT_OK
+
+
+def cmd_phrase(args: argparse.Namespace) -> int:
+    from p2pd.passphrase import generate  # noqa: PLC0415
+
+    if args.words < MIN_PHRASE_WORDS:
+        raise LocalError(f"--words must be at least {MIN_PHRASE_WORDS}")
+    phrase = generate(args.words)
+    _emit(args, {"passphrase": phrase}, phrase)
+    return EXIT_OK
+
+
+def _add_passphrase_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "passphrase",
+        nargs="?",
+        metavar="PASSPHRASE",
+        help="the shared passphrase; '-' reads it from stdin; omit to use "
+        "P2PD_PASSPHRASE, --passphrase-file or a prompt",
+    )
+    parser.add_argument(
+        "--passphrase-file", metavar="FILE", help="read the passphrase from FILE's first line"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; global options are accepted before or after the subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="identity and state (default: P2PD_STATE_DIR, else the XDG state dir)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object per line"
+    )
+    parser = argparse.ArgumentParser(
+        prog="p2pd",
+        description="Serverless peer-to-peer channels from a shared passphrase.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"p2pd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    derive = sub.add_parser(
+        "derive", parents=[common], help="print the public parameters of a passphrase"
+    )
+    _add_passphrase_args(derive)
+    derive.set_defaults(handler=cmd_derive)
+
+    identity = sub.add_parser(
+        "identity", parents=[common], help="print this node's fingerprint (creating it)"
+    )
+    identity.set_defaults(handler=cmd_identity)
+
+    phrase = sub.add_parser("phrase", parents=[common], help="generate a strong passphrase")
+    phrase.add_argument("--words", type=int, default=DEFAULT_PHRASE_WORDS, metavar="N")
+    phrase.set_defaults(handler=cmd_phrase)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``p2pd`` command; returns the exit code."""
+    if argv is None:
+        hide_arguments(sys.argv)
+        argv = sys.argv[1:]
+    args = build_parser().parse_args(list(argv))
+    args.state_dir = getattr(args, "state_dir", None)
+    args.json = getattr(args, "json", False)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except LocalError as exc:
+        print(f"p2pd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except P2pdError as exc:
+        print(f"p2pd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
