@@ -300,9 +300,9 @@ class Channel:
                 pending += reassembler.check(frame.offset, len(frame.data), final)
                 stream_end = max(stream_end, frame.offset + len(frame.data))
             elif type(frame) is AckFrame and frame.ranges[0][1] >= self._packetizer.next_pn:
-                raise BadFrame("ACK for a packet number never sent")
+                raise BadFrame("rel_ack_unsent")
         if pending and reassembler.pending_bytes + pending > reassembler.window:
-            raise BadFrame("out-of-order data beyond the receive window")
+            raise BadFrame("rel_flow_control")
         if close is not None:
             reassembler.check_final(close.final_offset, stream_end)
 

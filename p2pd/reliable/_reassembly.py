@@ -64,9 +64,9 @@ class Reassembler:
         """Raise BadFrame if a frame at ``offset`` is not allowed; else its pending cost."""
         end = offset + length
         if end > self.rcv_next + self.window:
-            raise BadFrame("STREAM frame beyond the advertised window")
+            raise BadFrame("rel_flow_control")
         if final_offset is not None and end > final_offset:
-            raise BadFrame("STREAM frame beyond the final offset")
+            raise BadFrame("rel_final_offset")
         if offset > self.rcv_next and offset not in self._pending:
             return length
         return 0
@@ -74,9 +74,9 @@ class Reassembler:
     def check_final(self, final_offset: int, stream_end: int) -> None:
         """Raise BadFrame if a CLOSE with ``final_offset`` contradicts what we know."""
         if self.final_offset is not None and final_offset != self.final_offset:
-            raise BadFrame("CLOSE changed the final offset")
+            raise BadFrame("rel_final_offset")
         if final_offset < max(self.highest, stream_end):
-            raise BadFrame("CLOSE final offset below data already received")
+            raise BadFrame("rel_final_offset")
 
     def feed(self, offset: int, data: memoryview) -> None:
         """Accept checked stream bytes ``data`` at ``offset`` (duplicates are ignored)."""
@@ -125,7 +125,7 @@ class Reassembler:
                     (length,) = LENGTH_PREFIX.unpack(header)
                     header.clear()
                 if length > MAX_MESSAGE_SIZE:
-                    raise BadFrame("message length prefix above MAX_MESSAGE_SIZE")
+                    raise BadFrame("rel_message_size")
                 if length == 0:
                     self._on_message(b"")
                     continue

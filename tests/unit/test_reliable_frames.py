@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
@@ -84,7 +85,7 @@ def test_ack_encoding_carries_at_most_max_ack_ranges() -> None:
 def test_ping_and_close_frames_parse() -> None:
     _, frames = parse_packet_untrusted(packet(3, PING_FRAME, encode_close(12345)))
     assert frames == [PingFrame(), CloseFrame(12345)]
-    assert PING_FRAME == bytes([FRAME_PING])
+    assert bytes([FRAME_PING]) == PING_FRAME
     assert encode_close(1)[0] == FRAME_CLOSE
 
 
@@ -135,7 +136,5 @@ def test_every_truncation_of_a_valid_packet_is_rejected(
 
 @given(st.binary(max_size=300))
 def test_random_bytes_parse_or_raise_only_bad_frame(raw: bytes) -> None:
-    try:
+    with contextlib.suppress(BadFrame):
         parse_packet_untrusted(raw)
-    except BadFrame:
-        pass

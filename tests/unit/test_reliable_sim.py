@@ -190,10 +190,12 @@ class Network:
         """Run until each side received and got acknowledgements for the given counts."""
         a, b = self.a, self.b
         self.run(
-            lambda: len(b.received) >= count_a_to_b
-            and len(a.received) >= count_b_to_a
-            and len(a.delivered) >= count_a_to_b
-            and len(b.delivered) >= count_b_to_a,
+            lambda: (
+                len(b.received) >= count_a_to_b
+                and len(a.received) >= count_b_to_a
+                and len(a.delivered) >= count_a_to_b
+                and len(b.delivered) >= count_b_to_a
+            ),
             max_time,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -101,7 +102,7 @@ def test_pacing_spreads_a_window_over_the_round_trip() -> None:
     net.run_until_delivered(1, 0, max_time=60)
     times = [t for t, sizes in net.a.sends if any(s > 200 for s in sizes)]
     steady = [t for t in times if t > 1.0]
-    gaps = [b - a for a, b in zip(steady, steady[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(steady)]
     assert len(steady) > 100
     assert max(gaps) < 0.04
     assert sorted(gaps)[len(gaps) // 2] < 0.005
