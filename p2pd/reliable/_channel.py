@@ -82,7 +82,6 @@ class Channel:
         if not MIN_PLAINTEXT <= max_plaintext <= MAX_PLAINTEXT_LIMIT:
             raise LocalError(f"max_plaintext must be in [{MIN_PLAINTEXT}, {MAX_PLAINTEXT_LIMIT}]")
         self.config = config = config or ChannelConfig()
-        self._mds = max_plaintext
         self._state = State.OPEN
         self._events: deque[Event] = deque()
         self._rtt = RttEstimator(
@@ -139,6 +138,7 @@ class Channel:
             self._check_flushed(now)
 
     def next_event(self) -> Event | None:
+        """The oldest event not yet taken, or None."""
         return self._events.popleft() if self._events else None
 
     def receive_datagram_untrusted(self, plaintext: bytes, now: float) -> None:
@@ -260,6 +260,7 @@ class Channel:
 
     @property
     def stats(self) -> dict[str, int | float]:
+        """Estimates and counters, for logs and tests (the key names are stable)."""
         rtt, cc = self._rtt, self._cc
         stats: dict[str, int | float] = {
             "srtt": rtt.srtt if rtt.srtt is not None else 0.0,

@@ -48,7 +48,7 @@ sizes = st.lists(st.one_of(st.integers(0, 3000), st.integers(0, 300_000)), max_s
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @example(
     loss=0.2, reorder=0.3, duplicate=0.1, a_sizes=[300_000, 0, 1], b_sizes=[99_999] * 4, seed=1
 )
@@ -202,6 +202,20 @@ def test_both_sides_close_when_the_last_ack_of_a_close_is_lost() -> None:
     assert net.a.closed == net.b.closed == ["closed"]
 
 
+def test_close_completes_after_a_long_outage_of_the_return_path() -> None:
+    net = Network(LinkConfig(delay=0.02), LinkConfig(delay=0.02))
+    original = net.link(net.b).transmit
+
+    def transmit(now: float, size: int) -> list[float]:
+        return [] if now < 15.0 else original(now, size)
+
+    net.link(net.b).transmit = transmit  # type: ignore[method-assign]
+    net.a.channel.close(0.0)
+    net.run(lambda: bool(net.a.closed and net.b.closed), max_time=60)
+    assert net.now > 15.0
+    assert net.a.closed == net.b.closed == ["closed"]
+
+
 def test_close_is_idempotent() -> None:
     net = Network()
     net.a.channel.close(0.0)
@@ -249,10 +263,18 @@ def test_ack_for_a_packet_never_sent_is_rejected_without_effect() -> None:
     assert channel.next_event() is None
 
 
-junk = st.one_of(st.binary(max_size=200), st.binary(min_size=9, max_size=40).map(lambda b: b))
+junk = st.one_of(
+    st.binary(max_size=200),
+    st.builds(
+        lambda pn, count, body: PACKET_HEADER.pack(pn, count) + body,
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 3),
+        st.binary(max_size=40),
+    ),
+)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     junk_for_a=st.lists(junk, max_size=5),
     junk_for_b=st.lists(junk, max_size=5),
