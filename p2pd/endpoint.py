@@ -49,8 +49,8 @@ from p2pd.errors import BadFrame, LocalError
 from p2pd.handshake import InitiatorHandshake, ResponderHandshake
 from p2pd.identity import Identity
 from p2pd.peer import (
-    LOST_AFTER_REJECTS,
     MAX_EARLY_DATA,
+    TIMER_SLACK,
     Addr,
     Attempt,
     Confirming,
@@ -62,9 +62,11 @@ from p2pd.peer import (
     PeerAddressChanged,
     PeerConnected,
     PeerLost,
+    PeerTable,
     Rekeyed,
     Responding,
     Slot,
+    open_data,
 )
 from p2pd.session import REKEY_ATTEMPT_TIME, Keypair, NoSessionKeys, Session, SessionLimits
 
@@ -87,17 +89,6 @@ REKEY_TIMEOUT_JITTER_MAX: Final = 1 / 3
 #: Responder handshakes waiting for FINISH, at most; the oldest is forgotten beyond.
 #: Per-source limits (20/s) over their REKEY_TIMEOUT life bound one source to ~100.
 MAX_RESPONDING: Final = 1024
-#: Deadlines that come from a Session's own age test are reported this much late, so the
-#: test (``now - born >= limit``) holds at the deadline despite float rounding.
-TIMER_SLACK: Final = 1e-6
-#: Session.open_untrusted's reasons, as counter names.
-_SESSION_REASONS: Final = {
-    "authentication failed": "bad_auth",
-    "replayed or too old counter": "replay",
-    "keypair expired": "expired",
-    "counter past REJECT_AFTER_MESSAGES": "expired",
-    "unknown receiver index": "unknown_index",
-}
 _RECEIVER_AT_REPLY: Final = wire.HEADER_SIZE + wire.INDEX_SIZE
 
 
@@ -135,19 +126,19 @@ class Endpoint:
         self.early = EarlyDrop(params.tag_key, params.mac1_key, params.cookie_key, rng=rng)
         #: Dropped datagrams and notable happenings, by short reason.
         self.counters: collections.Counter[str] = collections.Counter()
+        #: When this endpoint was made (monotonic).
+        self.created_at = now
         self._rng = rng
-        self._now = now
-        self._slots: dict[int, Slot] = {}
-        self._peers: dict[bytes, Peer] = {}
-        self._attempts: dict[Addr, Attempt] = {}
+        self._table = PeerTable(self.limits, rng)
         self._responding: collections.OrderedDict[int, Responding] = collections.OrderedDict()
+        #: Addresses where we found ourselves; never connected to again.
         self._self_addrs: set[Addr] = set()
-        self._out: list[tuple[bytes, Addr]] = []
-        self._events: collections.deque[Event] = collections.deque()
+        #: Peers whose handshake waits for the wall clock (see _want_handshake).
+        self._wanted: set[bytes] = set()
 
     def __repr__(self) -> str:
         return (
-            f"Endpoint(peers={len(self._peers)}, attempts={len(self._attempts)}, "
+            f"Endpoint(peers={len(self._table.peers)}, attempts={len(self._table.attempts)}, "
             f"responding={len(self._responding)})"
         )
 
@@ -156,30 +147,30 @@ class Endpoint:
     @property
     def peers(self) -> Mapping[bytes, Peer]:
         """Known peers by static key (read only; ``connected`` says who may be sent to)."""
-        return MappingProxyType(self._peers)
+        return MappingProxyType(self._table.peers)
 
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        events = self._table.events
+        return events.popleft() if events else None
 
     def datagrams_to_send(self, now: float, wall_time: float) -> list[tuple[bytes, Addr]]:
         """Everything queued for the network, oldest first, as (datagram, address)."""
         self._flush_wanted(now, wall_time)
-        out, self._out = self._out, []
+        out, self._table.out = self._table.out, []
         return out
 
     def connect(self, addr: Addr, now: float, wall_time: float) -> None:
         """Start initiating towards ``addr``; a no-op if already doing so or connected there."""
-        self._now = now
         if addr in self._self_addrs:
             self.counters["connect_self"] += 1
             return
-        if addr in self._attempts:
+        if addr in self._table.attempts:
             return
-        for peer in self._peers.values():
+        for peer in self._table.peers.values():
             if peer.connected and peer.addr == addr and peer.session.can_send(now):
                 return
         attempt = Attempt(addr, now, self._new_jar())
-        self._attempts[addr] = attempt
+        self._table.attempts[addr] = attempt
         self._start_handshake(attempt, now, wall_time)
 
     def send(self, peer_id: bytes, plaintext: bytes, now: float) -> None:
@@ -188,25 +179,23 @@ class Endpoint:
         Raises NotConnected for an unknown or lost peer, and NoSessionKeys when its keys
         have expired (a handshake is then started; the datagram is not queued).
         """
-        self._now = now
-        peer = self._peers.get(peer_id)
+        peer = self._table.peers.get(peer_id)
         if peer is None or not peer.connected:
             raise NotConnected("no connected peer with this key")
         if not peer.session.can_send(now):
             self._want_handshake(peer, now)
             raise NoSessionKeys("the keys with this peer expired; a handshake was started")
-        self._transmit(peer, peer.session.seal(plaintext, now))
+        self._table.transmit(peer, peer.session.seal(plaintext, now))
         self._maybe_rekey(peer, now)
 
     def close_peer(self, peer_id: bytes) -> None:
         """Forget a peer and its keys now, without an event (unknown peers are ignored)."""
-        peer = self._peers.get(peer_id)
+        peer = self._table.peers.get(peer_id)
         if peer is not None:
-            self._remove_peer(peer, lost=False)
+            self._table.remove(peer, lost=False)
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float, wall_time: float) -> None:
         """Process one datagram from ``addr``; never raises on what the network sent."""
-        self._now = now
         data = bytes(data)
         kind = wire.peek_type(data)
         try:
@@ -228,39 +217,35 @@ class Endpoint:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` next has work, or None if nothing is pending."""
-        limits = self.limits
-        deadlines: list[float] = [
-            r.created + limits.rekey_timeout for r in self._responding.values()
-        ]
-        deadlines.extend(a.retry_at for a in self._attempts.values())
-        for peer in self._peers.values():
+        rekey_timeout = self.limits.rekey_timeout
+        deadlines = [r.created + rekey_timeout for r in self._responding.values()]
+        deadlines.extend(a.retry_at for a in self._table.attempts.values())
+        for peer in self._table.peers.values():
+            deadlines.extend(self._table.deadlines(peer))
             if peer.handshake_wanted_at is not None:
                 deadlines.append(peer.handshake_wanted_at)
-            expiry = peer.session.get_timer()
-            if expiry is not None:
-                deadlines.append(expiry + TIMER_SLACK)
-            deadlines.append(peer.last_received + limits.reject_after_time * LOST_AFTER_REJECTS)
-            if peer.keepalive_due is not None:
-                deadlines.append(peer.keepalive_due)
-            rekey = self._rekey_deadline(peer)
+            rekey = self._rekey_due(peer)
             if rekey is not None:
                 deadlines.append(rekey + TIMER_SLACK)
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float, wall_time: float) -> None:
         """Run every timer due at ``now``: retries, expiries, keepalives, rekeys, losses."""
-        self._now = now
         for index, responding in list(self._responding.items()):
             if now >= responding.created + self.limits.rekey_timeout:
                 self._forget_responding(index)
-        for attempt in list(self._attempts.values()):
+        for attempt in list(self._table.attempts.values()):
             if now >= attempt.retry_at:
                 if now - attempt.started_at >= REKEY_ATTEMPT_TIME:
                     self._give_up(attempt)
                 else:
                     self._start_handshake(attempt, now, wall_time)
-        for peer in list(self._peers.values()):
-            self._tick_peer(peer, now)
+        for peer in list(self._table.peers.values()):
+            if not self._table.tick(peer, now):
+                continue
+            rekey = self._rekey_due(peer)
+            if rekey is not None and now >= rekey:
+                self._want_handshake(peer, now)
         self._flush_wanted(now, wall_time)
 
     # ---------------------------------------------------------------- handshakes
@@ -268,22 +253,22 @@ class Endpoint:
     def _on_init(self, data: bytes, addr: Addr, now: float, wall_time: float) -> None:
         verdict, reply = self.early.classify(data, addr, wall_time, now)
         if verdict is Verdict.COOKIE and reply is not None:
-            self._out.append((reply, addr))
+            self._table.out.append((reply, addr))
             self.counters["cookie_sent"] += 1
             return
         if verdict is not Verdict.ACCEPT:
             raise BadFrame(verdict.value)
-        index = self._new_index()
+        index = self._table.new_index()
         handshake = ResponderHandshake(
             self.params, self.identity, index, data, now=now, wall_time=wall_time, rng=self._rng
         )
         responding = Responding(handshake, addr, now)
-        self._slots[index] = responding
+        self._table.slots[index] = responding
         self._responding[index] = responding
         if len(self._responding) > MAX_RESPONDING:
             self._forget_responding(next(iter(self._responding)))
             self.counters["responding_evicted"] += 1
-        self._out.append((handshake.resp_packet(), addr))
+        self._table.out.append((handshake.resp_packet(), addr))
 
     def _check_reply(self, data: bytes, size: int, wall_time: float) -> Slot | None:
         """Size and tag of a RESP or FINISH, then what its receiver index leads to."""
@@ -292,7 +277,7 @@ class Endpoint:
         tag = data[wire.REPLY_TAG_OFFSET : wire.REPLY_TAG_OFFSET + wire.TAG_SIZE]
         if not self.early.tags.accepts(tag, wall_time):
             raise BadFrame("drop_tag")
-        return self._slots.get(_index_at(data, _RECEIVER_AT_REPLY))
+        return self._table.slots.get(_index_at(data, _RECEIVER_AT_REPLY))
 
     def _on_resp(self, data: bytes, addr: Addr, now: float, wall_time: float) -> None:
         slot = self._check_reply(data, wire.HANDSHAKE_RESP_SIZE, wall_time)
@@ -304,37 +289,39 @@ class Endpoint:
         except BadFrame as exc:
             if exc.reason == "self":
                 self._self_addrs.add(attempt.addr)
-                self._end_attempt(attempt)
-                self._events.append(ConnectFailed(attempt.addr, "self"))
+                self._table.end_attempt(attempt)
+                self._table.events.append(ConnectFailed(attempt.addr, "self"))
             elif handshake.failed:
-                self._release(handshake.local_index)
+                self._table.release(handshake.local_index)
                 attempt.handshake = None
             raise
-        self._release(handshake.local_index)
+        self._table.release(handshake.local_index)
         attempt.handshake = None
         attempt.rtt = now - attempt.sent_at
-        peer = self._peers.get(remote)
+        peer = self._table.peers.get(remote)
+        if peer is not None:
+            self._table.authenticated(peer, addr, now)
         if attempt.peer_id is not None and attempt.peer_id != remote:
             # The address of the peer we meant to rekey now hosts another node.
-            self._mark_rekey_failed(attempt.peer_id)
+            self._table.mark_rekey_failed(attempt.peer_id)
             self._abandon(attempt, keypair, "wrong_peer")
             return
         if peer is not None and _crossed(peer.session, attempt.started_at):
             self._abandon(attempt, keypair, "crossed")
             return
-        self._drop_pending(attempt)
+        self._table.drop_pending(attempt)
         pending = Session(self.limits)
         pending.install(keypair, now)
         attempt.pending, attempt.pending_peer = pending, remote
-        self._slots[keypair.local_index] = Confirming(attempt)
-        self._out.append((finish, addr))
-        self._out.append((pending.seal(b"", now), addr))
+        self._table.slots[keypair.local_index] = Confirming(attempt)
+        self._table.out.append((finish, addr))
+        self._table.out.append((pending.seal(b"", now), addr))
         attempt.retry_at = now + self._retry_delay()
 
     def _abandon(self, attempt: Attempt, keypair: Keypair, reason: str) -> None:
         keypair.wipe()
         self.counters[reason] += 1
-        self._end_attempt(attempt)
+        self._table.end_attempt(attempt)
 
     def _on_finish(self, data: bytes, addr: Addr, now: float, wall_time: float) -> None:
         slot = self._check_reply(data, wire.HANDSHAKE_FINISH_SIZE, wall_time)
@@ -348,8 +335,8 @@ class Endpoint:
                 self._forget_responding(index)
             raise
         self._forget_responding(index)
-        attempt = self._attempt_towards(remote)
-        known = self._peers.get(remote)
+        attempt = self._table.attempt_towards(remote)
+        known = self._table.peers.get(remote)
         # Crossing handshakes: ours was answered (lately: an older answer whose FINISH or
         # keepalive was lost is dead), or even confirmed, while this one ran.
         pending = attempt.pending_keypair() if attempt is not None else None
@@ -360,11 +347,11 @@ class Endpoint:
             raise BadFrame("crossed")
         if attempt is not None:
             self.counters["crossed"] += 1
-            self._end_attempt(attempt)
-        peer = self._peer_for(remote, addr, now)
-        self._install(peer, keypair, now)
+            self._table.end_attempt(attempt)
+        peer = self._table.peer_for(remote, addr, now)
+        self._table.install(peer, keypair, now)
         peer.next_rtt = now - slot.created
-        self._authenticated(peer, addr, now)
+        self._table.authenticated(peer, addr, now)
         for early, early_addr in slot.early:
             try:
                 self._on_data(early, early_addr, now)
@@ -374,7 +361,7 @@ class Endpoint:
     def _on_cookie(self, data: bytes, now: float) -> None:
         if len(data) != wire.COOKIE_REPLY_SIZE:
             raise BadFrame("drop_size")
-        slot = self._slots.get(_index_at(data, wire.RECEIVER_INDEX_OFFSET))
+        slot = self._table.slots.get(_index_at(data, wire.RECEIVER_INDEX_OFFSET))
         if not isinstance(slot, Initiating):
             raise BadFrame("unknown_index")
         try:
@@ -385,8 +372,8 @@ class Endpoint:
 
     def _start_handshake(self, attempt: Attempt, now: float, wall_time: float) -> None:
         if attempt.handshake is not None:
-            self._release(attempt.handshake.local_index)
-        index = self._new_index()
+            self._table.release(attempt.handshake.local_index)
+        index = self._table.new_index()
         handshake = InitiatorHandshake(
             self.params,
             self.identity,
@@ -397,60 +384,31 @@ class Endpoint:
             rng=self._rng,
         )
         attempt.handshake = handshake
-        self._slots[index] = Initiating(attempt)
+        self._table.slots[index] = Initiating(attempt)
         attempt.sent_at = now
         attempt.retry_at = now + self._retry_delay()
-        self._out.append((handshake.init_packet(), attempt.addr))
+        self._table.out.append((handshake.init_packet(), attempt.addr))
 
     def _give_up(self, attempt: Attempt) -> None:
-        self._end_attempt(attempt)
+        self._table.end_attempt(attempt)
         if attempt.peer_id is None:
-            self._events.append(ConnectFailed(attempt.addr, "timeout"))
+            self._table.events.append(ConnectFailed(attempt.addr, "timeout"))
         else:
-            self._mark_rekey_failed(attempt.peer_id)
-
-    def _mark_rekey_failed(self, peer_id: bytes) -> None:
-        peer = self._peers.get(peer_id)
-        if peer is not None:
-            peer.rekey_failed = True
-
-    def _end_attempt(self, attempt: Attempt) -> None:
-        if self._attempts.get(attempt.addr) is attempt:
-            del self._attempts[attempt.addr]
-        if attempt.handshake is not None:
-            self._release(attempt.handshake.local_index)
-            attempt.handshake = None
-        self._drop_pending(attempt)
-
-    def _drop_pending(self, attempt: Attempt) -> None:
-        keypair = attempt.pending_keypair()
-        if keypair is not None:
-            self._release(keypair.local_index)
-            keypair.wipe()
-        attempt.pending = attempt.pending_peer = None
-
-    def _attempt_towards(self, peer_id: bytes) -> Attempt | None:
-        for attempt in self._attempts.values():
-            if attempt.towards(peer_id):
-                return attempt
-        return None
-
-    def _attempt_for(self, peer: Peer) -> Attempt | None:
-        """An attempt that may rekey ``peer``: towards its key, or to its address."""
-        return self._attempt_towards(peer.peer_id) or self._attempts.get(peer.addr)
+            self._table.mark_rekey_failed(attempt.peer_id)
 
     def _forget_responding(self, index: int) -> None:
         self._responding.pop(index, None)
-        self._release(index)
+        self._table.release(index)
 
     # ---------------------------------------------------------------------- data
 
     def _on_data(self, data: bytes, addr: Addr, now: float) -> None:
         if len(data) < wire.DATA_MIN_SIZE:
             raise BadFrame("drop_size")
-        slot = self._slots.get(_index_at(data, wire.RECEIVER_INDEX_OFFSET))
+        slot = self._table.slots.get(_index_at(data, wire.RECEIVER_INDEX_OFFSET))
         if isinstance(slot, Peer):
-            self._open(slot, data, addr, now)
+            self._table.open(slot, data, addr, now)
+            self._maybe_rekey(slot, now)
         elif isinstance(slot, Confirming):
             self._confirm(slot.attempt, data, addr, now)
         elif isinstance(slot, Responding) and len(slot.early) < MAX_EARLY_DATA:
@@ -459,182 +417,54 @@ class Endpoint:
         else:
             raise BadFrame("unknown_index")
 
-    def _open(self, peer: Peer, data: bytes, addr: Addr, now: float) -> None:
-        session = peer.session
-        waiting = session.next
-        plaintext = self._open_with(session, data, now)
-        self._authenticated(peer, addr, now)
-        if waiting is not None and session.current is waiting:
-            self._confirmed(peer, initiator=False, rtt=peer.next_rtt)
-            # The peer (initiator) waits for our DATA under the new keys: confirm them.
-            self._transmit(peer, session.seal(b"", now))
-        self._deliver(peer, plaintext, now)
-        self._maybe_rekey(peer, now)
-
     def _confirm(self, attempt: Attempt, data: bytes, addr: Addr, now: float) -> None:
+        """DATA under an attempt's pending keypair: the peer holds it; it is ours now."""
         pending, remote = attempt.pending, attempt.pending_peer
         assert pending is not None and remote is not None  # a Confirming slot has both
-        plaintext = self._open_with(pending, data, now)
+        plaintext = open_data(pending, data, now)
         keypair = pending.current
         assert keypair is not None
-        attempt.pending = attempt.pending_peer = None  # now the peer's: do not wipe it
-        self._release(keypair.local_index)
-        self._end_attempt(attempt)
-        peer = self._peer_for(remote, addr, now)
-        self._install(peer, keypair, now)
+        attempt.pending = attempt.pending_peer = None  # the peer's from now: do not wipe it
+        self._table.end_attempt(attempt)
+        table = self._table
+        peer = table.peer_for(remote, addr, now)
+        table.install(peer, keypair, now)
         peer.confirmed_at = now
-        self._authenticated(peer, addr, now)
-        self._confirmed(peer, initiator=True, rtt=attempt.rtt)
-        self._deliver(peer, plaintext, now)
-
-    @staticmethod
-    def _open_with(session: Session, data: bytes, now: float) -> bytes:
-        try:
-            return session.open_untrusted(data, now)
-        except BadFrame as exc:
-            raise BadFrame(_SESSION_REASONS.get(exc.reason, "bad_data")) from None
-
-    # --------------------------------------------------------------------- peers
-
-    def _peer_for(self, peer_id: bytes, addr: Addr, now: float) -> Peer:
-        peer = self._peers.get(peer_id)
-        if peer is None:
-            peer = Peer(peer_id, addr, Session(self.limits), last_received=now)
-            self._peers[peer_id] = peer
-        return peer
-
-    def _install(self, peer: Peer, keypair: Keypair, now: float) -> None:
-        if keypair.is_initiator and peer.session.next is not None:
-            self._drop_unconfirmed_next(peer, now)
-        for index in peer.session.install(keypair, now):
-            self._release(index)
-        self._slots[keypair.local_index] = peer
-        peer.rekey_failed = False
-
-    def _drop_unconfirmed_next(self, peer: Peer, now: float) -> None:
-        """Forget ``next`` (and ``previous``) but keep ``current``.
-
-        Session.install, as WireGuard, lets an unconfirmed ``next`` outrank ``current`` when
-        we install a keypair we initiated, because a WireGuard initiator seals under a new
-        keypair at once.  Ours never seals under a keypair before it is confirmed, so an
-        unconfirmed ``next`` carries no data while ``current`` still does: keep current.
-        Session offers no way to drop ``next`` alone, so rebuild it around ``current``.
-        """
-        old = peer.session
-        fresh = Session(self.limits)
-        for keypair in (old.next, old.previous):
-            if keypair is not None:
-                self._release(keypair.local_index)
-                keypair.wipe()
-        if old.current is not None:
-            # A keypair we responded to lands in fresh.next, and the install that follows
-            # moves it to previous: either way it keeps opening the peer's packets.
-            fresh.install(old.current, now)
-        peer.session = fresh
-
-    def _authenticated(self, peer: Peer, addr: Addr, now: float) -> None:
-        peer.last_received = now
-        if addr != peer.addr:
-            old, peer.addr = peer.addr, addr
-            if peer.connected:
-                self._events.append(PeerAddressChanged(peer.peer_id, old, addr))
-
-    def _confirmed(self, peer: Peer, *, initiator: bool, rtt: float) -> None:
-        if peer.connected:
-            self._events.append(Rekeyed(peer.peer_id))
-            return
-        peer.connected = True
-        self._events.append(
-            PeerConnected(peer.peer_id, peer.fingerprint, peer.addr, initiator, rtt)
-        )
-
-    def _deliver(self, peer: Peer, plaintext: bytes, now: float) -> None:
-        if not plaintext:
-            return
-        self._events.append(DataReceived(peer.peer_id, plaintext))
-        if peer.keepalive_due is None:
-            peer.keepalive_due = now + self.limits.keepalive_timeout
-
-    def _transmit(self, peer: Peer, packet: bytes) -> None:
-        self._out.append((packet, peer.addr))
-        peer.keepalive_due = None
-
-    def _tick_peer(self, peer: Peer, now: float) -> None:
-        for index in peer.session.expire(now):
-            self._release(index)
-        silent = now - peer.last_received >= self.limits.reject_after_time * LOST_AFTER_REJECTS
-        if silent or (not peer.connected and not peer.keypairs()):
-            self._remove_peer(peer, lost=peer.connected)
-            return
-        if peer.keepalive_due is not None and now >= peer.keepalive_due:
-            peer.keepalive_due = None
-            if peer.session.can_send(now):
-                self._transmit(peer, peer.session.seal(b"", now))
-        rekey = self._rekey_deadline(peer)
-        if rekey is not None and now >= rekey:
-            self._want_handshake(peer, now)
-
-    def _remove_peer(self, peer: Peer, *, lost: bool) -> None:
-        for keypair in peer.keypairs():
-            self._release(keypair.local_index)
-            keypair.wipe()
-        while (attempt := self._attempt_towards(peer.peer_id)) is not None:
-            self._end_attempt(attempt)
-        del self._peers[peer.peer_id]
-        if lost:
-            self._events.append(PeerLost(peer.peer_id))
+        table.authenticated(peer, addr, now)
+        table.confirmed(peer, initiator=True, rtt=attempt.rtt)
+        table.deliver(peer, plaintext, now)
 
     # --------------------------------------------------------------------- rekey
 
-    def _rekey_deadline(self, peer: Peer) -> float | None:
-        """When this peer's current keypair is old enough to replace, if we should."""
-        session, limits = peer.session, self.limits
-        current = session.current
-        if current is None or not peer.connected or peer.rekey_failed:
+    def _rekey_due(self, peer: Peer) -> float | None:
+        """When to start a rekey of ``peer``, unless one is wanted or running already."""
+        if peer.handshake_wanted_at is not None or self._table.attempt_for(peer) is not None:
             return None
-        if peer.handshake_wanted_at is not None or self._attempt_for(peer) is not None:
-            return None
-        if current.send_counter >= limits.rekey_after_messages:
-            deadline = current.created_at
-        elif current.is_initiator:
-            deadline = current.created_at + limits.rekey_after_time
-        else:
-            deadline = current.created_at + limits.responder_rekey_after_time
-        if session.next is not None:
-            # The peer just rekeyed; give its keypair time to be confirmed.
-            deadline = max(deadline, session.next.created_at + limits.rekey_timeout)
-        return deadline
+        return self._table.rekey_deadline(peer)
 
     def _maybe_rekey(self, peer: Peer, now: float) -> None:
-        deadline = self._rekey_deadline(peer)
+        deadline = self._rekey_due(peer)
         if deadline is not None and now >= deadline and peer.session.needs_rekey(now):
             self._want_handshake(peer, now)
 
     def _want_handshake(self, peer: Peer, now: float) -> None:
-        if peer.handshake_wanted_at is None and self._attempt_for(peer) is None:
+        """Start a handshake with the peer at the next call that knows the wall clock."""
+        if peer.handshake_wanted_at is None and self._table.attempt_for(peer) is None:
             peer.handshake_wanted_at = now
+            self._wanted.add(peer.peer_id)
 
     def _flush_wanted(self, now: float, wall_time: float) -> None:
-        for peer in self._peers.values():
-            if peer.handshake_wanted_at is None:
+        while self._wanted:
+            peer = self._table.peers.get(self._wanted.pop())
+            if peer is None or peer.handshake_wanted_at is None:
                 continue
             peer.handshake_wanted_at = None
-            if self._attempt_for(peer) is not None:
-                continue
-            attempt = Attempt(peer.addr, now, self._new_jar(), peer_id=peer.peer_id)
-            self._attempts[peer.addr] = attempt
-            self._start_handshake(attempt, now, wall_time)
+            if self._table.attempt_for(peer) is None:
+                attempt = Attempt(peer.addr, now, self._new_jar(), peer_id=peer.peer_id)
+                self._table.attempts[peer.addr] = attempt
+                self._start_handshake(attempt, now, wall_time)
 
     # ------------------------------------------------------------------- helpers
-
-    def _new_index(self) -> int:
-        while True:
-            index = int.from_bytes(self._rng(wire.INDEX_SIZE), "little")
-            if index not in self._slots:
-                return index
-
-    def _release(self, index: int) -> None:
-        self._slots.pop(index, None)
 
     def _new_jar(self) -> CookieJar:
         return CookieJar(self.params.mac1_key, self.params.cookie_key)

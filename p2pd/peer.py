@@ -1,8 +1,8 @@
-"""The endpoint's per-peer records and the events it reports; no logic beyond small helpers.
+"""The endpoint's state: peers, initiation attempts, the local-index table; the events.
 
 Theory of operation
 -------------------
-:class:`~p2pd.endpoint.Endpoint` keeps three kinds of record, all plain data:
+:class:`~p2pd.endpoint.Endpoint` runs the handshakes; what it keeps lives here:
 
 * a :class:`Peer` per remote static key that completed a handshake with us: its
   :class:`~p2pd.session.Session`, its address (the source of its last authenticated
@@ -11,12 +11,17 @@ Theory of operation
   retried every ``REKEY_TIMEOUT`` plus jitter, until one is *confirmed* or
   ``REKEY_ATTEMPT_TIME`` runs out;
 * a :class:`Responding` per handshake a peer started, alive until its FINISH or
-  ``REKEY_TIMEOUT``.
+  ``REKEY_TIMEOUT``;
+* the index table: what each of our random u32 session indices leads to.
 
 An answered attempt holds its keypair *pending*, alone in a private Session, until the
 peer proves it holds the keys by sending DATA under them; only then does the keypair
 enter the peer's Session.  Until then the old keypair keeps carrying the traffic, so a
-lost FINISH never makes the peer drop data that the network delivered.
+lost FINISH never makes the peer drop data that the network delivered.  Invariant: we
+seal application data only under a keypair the peer has shown it holds.
+
+:class:`PeerTable` holds all of it and runs what concerns one peer once keys exist:
+opening DATA, confirming a keypair we responded to, keepalives, key expiry and loss.
 
 Events are frozen dataclasses the driver reads with ``Endpoint.next_event()``.  A peer is
 named by its 32-byte static public key (``peer_id``); :attr:`PeerConnected.fingerprint`
@@ -25,13 +30,17 @@ is the same key as people compare it (:func:`p2pd.identity.fingerprint`).
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from p2pd import wire
 from p2pd.cookie import CookieJar
+from p2pd.errors import BadFrame
 from p2pd.handshake import InitiatorHandshake, ResponderHandshake
 from p2pd.identity import fingerprint
-from p2pd.session import Keypair, Session
+from p2pd.session import Keypair, Session, SessionLimits
 
 #: A UDP address as the driver's socket gives it: (IPv4 or IPv6 literal, port).
 Addr = tuple[str, int]
@@ -39,6 +48,17 @@ Addr = tuple[str, int]
 #: A peer heard from by no authenticated packet for REJECT_AFTER_TIME times this is lost:
 #: WireGuard zeroes every key of a peer silent that long.
 LOST_AFTER_REJECTS: Final = 3
+#: Session.open_untrusted's reasons, as counter names.
+SESSION_REASONS: Final = {
+    "authentication failed": "bad_auth",
+    "replayed or too old counter": "replay",
+    "keypair expired": "expired",
+    "counter past REJECT_AFTER_MESSAGES": "expired",
+    "unknown receiver index": "unknown_index",
+}
+#: Deadlines that come from a Session's own age test are reported this much late, so the
+#: test (``now - born >= limit``) holds at the deadline despite float rounding.
+TIMER_SLACK: Final = 1e-6
 #: DATA packets kept for a responder handshake whose FINISH is late (reordered behind the
 #: initiator's first keepalive); replayed once the FINISH arrives.
 MAX_EARLY_DATA: Final = 2
@@ -179,3 +199,198 @@ class Confirming:
 
 #: What a local index leads to.
 Slot = Initiating | Confirming | Responding | Peer
+
+
+def open_data(session: Session, data: bytes, now: float) -> bytes:
+    """``session.open_untrusted`` with its refusal renamed to a counter name."""
+    try:
+        return session.open_untrusted(data, now)
+    except BadFrame as exc:
+        raise BadFrame(SESSION_REASONS.get(exc.reason, "bad_data")) from None
+
+
+class PeerTable:
+    """Peers by static key, attempts by address, what each local index leads to, and the
+    outgoing queues: the endpoint's state, and what concerns one peer at a time."""
+
+    def __init__(self, limits: SessionLimits, rng: Callable[[int], bytes]) -> None:
+        self.limits = limits
+        self._rng = rng
+        self.peers: dict[bytes, Peer] = {}
+        #: Initiation attempts by the address they go to.
+        self.attempts: dict[Addr, Attempt] = {}
+        #: Local index -> what a packet carrying it as receiver_index is for.
+        self.slots: dict[int, Slot] = {}
+        #: Datagrams for the driver, (data, address), oldest first.
+        self.out: list[tuple[bytes, Addr]] = []
+        self.events: collections.deque[Event] = collections.deque()
+
+    def new_index(self) -> int:
+        """A random u32 not in use (WireGuard's random session indices)."""
+        while True:
+            index = int.from_bytes(self._rng(wire.INDEX_SIZE), "little")
+            if index not in self.slots:
+                return index
+
+    def release(self, index: int) -> None:
+        self.slots.pop(index, None)
+
+    def attempt_towards(self, peer_id: bytes) -> Attempt | None:
+        for attempt in self.attempts.values():
+            if attempt.towards(peer_id):
+                return attempt
+        return None
+
+    def attempt_for(self, peer: Peer) -> Attempt | None:
+        """An attempt that may rekey ``peer``: towards its key, or to its address."""
+        return self.attempt_towards(peer.peer_id) or self.attempts.get(peer.addr)
+
+    def end_attempt(self, attempt: Attempt) -> None:
+        if self.attempts.get(attempt.addr) is attempt:
+            del self.attempts[attempt.addr]
+        if attempt.handshake is not None:
+            self.release(attempt.handshake.local_index)
+            attempt.handshake = None
+        self.drop_pending(attempt)
+
+    def end_attempts_towards(self, peer_id: bytes) -> None:
+        while (attempt := self.attempt_towards(peer_id)) is not None:
+            self.end_attempt(attempt)
+
+    def drop_pending(self, attempt: Attempt) -> None:
+        keypair = attempt.pending_keypair()
+        if keypair is not None:
+            self.release(keypair.local_index)
+            keypair.wipe()
+        attempt.pending = attempt.pending_peer = None
+
+    def mark_rekey_failed(self, peer_id: bytes) -> None:
+        peer = self.peers.get(peer_id)
+        if peer is not None:
+            peer.rekey_failed = True
+
+    def peer_for(self, peer_id: bytes, addr: Addr, now: float) -> Peer:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            peer = Peer(peer_id, addr, Session(self.limits), last_received=now)
+            self.peers[peer_id] = peer
+        return peer
+
+    def install(self, peer: Peer, keypair: Keypair, now: float) -> None:
+        """Add a confirmed (initiator) or fresh (responder) keypair to the peer's Session."""
+        if keypair.is_initiator and peer.session.next is not None:
+            self._drop_unconfirmed_next(peer, now)
+        for index in peer.session.install(keypair, now):
+            self.release(index)
+        self.slots[keypair.local_index] = peer
+        peer.rekey_failed = False
+
+    def _drop_unconfirmed_next(self, peer: Peer, now: float) -> None:
+        """Forget ``next`` (and ``previous``) but keep ``current``.
+
+        Session.install, as WireGuard, lets an unconfirmed ``next`` outrank ``current`` when
+        we install a keypair we initiated, because a WireGuard initiator seals under a new
+        keypair at once.  Ours never seals under a keypair before it is confirmed, so an
+        unconfirmed ``next`` carries no data while ``current`` still does: keep current.
+        Session offers no way to drop ``next`` alone, so rebuild it around ``current``.
+        """
+        old = peer.session
+        fresh = Session(self.limits)
+        for keypair in (old.next, old.previous):
+            if keypair is not None:
+                self.release(keypair.local_index)
+                keypair.wipe()
+        if old.current is not None:
+            # A keypair we responded to lands in fresh.next, and the install that follows
+            # moves it to previous: either way it keeps opening the peer's packets.
+            fresh.install(old.current, now)
+        peer.session = fresh
+
+    def authenticated(self, peer: Peer, addr: Addr, now: float) -> None:
+        """An authentic packet from ``addr``: the peer is alive, and there (roaming)."""
+        peer.last_received = now
+        if addr != peer.addr:
+            old, peer.addr = peer.addr, addr
+            if peer.connected:
+                self.events.append(PeerAddressChanged(peer.peer_id, old, addr))
+
+    def confirmed(self, peer: Peer, *, initiator: bool, rtt: float) -> None:
+        """A new keypair now seals our traffic: PeerConnected the first time, else Rekeyed."""
+        if peer.connected:
+            self.events.append(Rekeyed(peer.peer_id))
+            return
+        peer.connected = True
+        self.events.append(PeerConnected(peer.peer_id, peer.fingerprint, peer.addr, initiator, rtt))
+
+    def deliver(self, peer: Peer, plaintext: bytes, now: float) -> None:
+        if not plaintext:
+            return
+        self.events.append(DataReceived(peer.peer_id, plaintext))
+        if peer.keepalive_due is None:
+            peer.keepalive_due = now + self.limits.keepalive_timeout
+
+    def transmit(self, peer: Peer, packet: bytes) -> None:
+        self.out.append((packet, peer.addr))
+        peer.keepalive_due = None
+
+    def open(self, peer: Peer, data: bytes, addr: Addr, now: float) -> None:
+        """DATA under one of the peer's keypairs; the first under ``next`` confirms it."""
+        session = peer.session
+        waiting = session.next
+        plaintext = open_data(session, data, now)
+        self.authenticated(peer, addr, now)
+        if waiting is not None and session.current is waiting:
+            self.confirmed(peer, initiator=False, rtt=peer.next_rtt)
+            # The initiator holds these keys back until our DATA proves we have them.
+            self.transmit(peer, session.seal(b"", now))
+        self.deliver(peer, plaintext, now)
+
+    def tick(self, peer: Peer, now: float) -> bool:
+        """Expire keys, declare loss, send a due keepalive; False if the peer is gone."""
+        for index in peer.session.expire(now):
+            self.release(index)
+        silent = now - peer.last_received >= self.limits.reject_after_time * LOST_AFTER_REJECTS
+        if silent or (not peer.connected and not peer.keypairs()):
+            self.remove(peer, lost=peer.connected)
+            return False
+        if peer.keepalive_due is not None and now >= peer.keepalive_due:
+            peer.keepalive_due = None
+            if peer.session.can_send(now):
+                self.transmit(peer, peer.session.seal(b"", now))
+        return True
+
+    def remove(self, peer: Peer, *, lost: bool) -> None:
+        self.end_attempts_towards(peer.peer_id)
+        for keypair in peer.keypairs():
+            self.release(keypair.local_index)
+            keypair.wipe()
+        del self.peers[peer.peer_id]
+        if lost:
+            self.events.append(PeerLost(peer.peer_id))
+
+    def rekey_deadline(self, peer: Peer) -> float | None:
+        """When the peer's current keypair is due for replacement (Session.needs_rekey)."""
+        session, limits = peer.session, self.limits
+        current = session.current
+        if current is None or not peer.connected or peer.rekey_failed:
+            return None
+        if current.send_counter >= limits.rekey_after_messages:
+            deadline = current.created_at
+        elif current.is_initiator:
+            deadline = current.created_at + limits.rekey_after_time
+        else:
+            deadline = current.created_at + limits.responder_rekey_after_time
+        if session.next is not None:
+            # The peer just rekeyed; give its keypair time to be confirmed.
+            deadline = max(deadline, session.next.created_at + limits.rekey_timeout)
+        return deadline
+
+    def deadlines(self, peer: Peer) -> list[float]:
+        """Every time :meth:`tick` has work for this peer (rekey excluded)."""
+        out = [peer.last_received + self.limits.reject_after_time * LOST_AFTER_REJECTS]
+        expiry = peer.session.get_timer()
+        if expiry is not None:
+            out.append(expiry + TIMER_SLACK)
+        if peer.keepalive_due is not None:
+            out.append(peer.keepalive_due)
+        return out
