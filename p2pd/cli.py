@@ -23,6 +23,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NO_PEER = 3
 EXIT_INTERRUPTED = 130
+#: Default seconds ``send`` waits for a peer (``--timeout``).
+DEFAULT_TIMEOUT = 60.0
 #: Words in a passphrase made by ``p2pd phrase``: 5 x 12.9 = 64.6 bits.
 DEFAULT_PHRASE_WORDS = 5
 #: Fewest words ``p2pd phrase`` makes: 4 x 12.9 = 51.7 bits, still above the strength floor.
@@ -71,6 +73,112 @@ def cmd_phrase(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--interface",
+        action="append",
+        metavar="NAME",
+        dest="interfaces",
+        help="LAN discovery only on this interface (repeatable; default: all)",
+    )
+    parser.add_argument("--port", type=int, help="UDP port (default: derived from the passphrase)")
+    parser.add_argument("--no-mdns", action="store_true", help="no mDNS announcement or browsing")
+    parser.add_argument("--no-beacon", action="store_true", help="no LAN broadcast beacons")
+    parser.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="also try this address directly (repeatable)",
+    )
+
+
+def _parse_target(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LocalError(f"--target must be HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _make_node(args: argparse.Namespace, passphrase: str) -> Any:
+    from p2pd.derive import derive  # noqa: PLC0415
+    from p2pd.identity import load_or_create  # noqa: PLC0415
+    from p2pd.node import Node, NodeConfig  # noqa: PLC0415
+    from p2pd.paths import resolve_state_dir  # noqa: PLC0415
+
+    params = derive(passphrase)
+    identity = load_or_create(resolve_state_dir(args.state_dir))
+    config = NodeConfig(
+        port=args.port,
+        interfaces=args.interfaces,
+        beacons=not args.no_beacon,
+        mdns=not args.no_mdns,
+        targets=tuple(_parse_target(t) for t in args.target),
+    )
+    return Node(params, identity, config)
+
+
+def _send_inputs(args: argparse.Namespace) -> tuple[str, str]:
+    """(passphrase, message) from ``send``'s positionals and the other sources."""
+    import os  # noqa: PLC0415
+
+    from p2pd.passphrase import PASSPHRASE_ENV, read_passphrase  # noqa: PLC0415
+
+    words: list[str] = args.words
+    if args.message_file is not None:
+        try:
+            with open(args.message_file, encoding="utf-8") as handle:
+                from_file = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LocalError(f"cannot read message file {args.message_file}: {exc}") from None
+        if len(words) > 1:
+            raise LocalError("give the message either as MSG or with --message-file, not both")
+        phrase_arg = words[0] if words else None
+        return read_passphrase(
+            phrase_arg, passphrase_file=args.passphrase_file
+        ).passphrase, from_file
+    if len(words) > 2:
+        raise LocalError("send takes PASSPHRASE and MSG; quote a message with spaces")
+    if len(words) == 2:
+        phrase_arg, message = words
+    elif len(words) == 1 and (args.passphrase_file or os.environ.get(PASSPHRASE_ENV)):
+        phrase_arg, message = None, words[0]
+    elif len(words) == 1 and words[0] != "-" and not sys.stdin.isatty():
+        phrase_arg, message = words[0], sys.stdin.read()
+    else:
+        raise LocalError("send needs a message: p2pd send PASSPHRASE MSG")
+    passphrase = read_passphrase(phrase_arg, passphrase_file=args.passphrase_file).passphrase
+    return passphrase, message
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import trio  # noqa: PLC0415
+
+    from p2pd.commands import Output, run_send  # noqa: PLC0415
+
+    passphrase, message = _send_inputs(args)
+    node = _make_node(args, passphrase)
+    return int(trio.run(run_send, node, message, args.timeout, Output(args.json)))
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    import trio  # noqa: PLC0415
+
+    from p2pd.commands import Output, run_listen  # noqa: PLC0415
+
+    node = _make_node(args, _passphrase(args))
+    return int(trio.run(run_listen, node, args.count, args.timeout, Output(args.json)))
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    import trio  # noqa: PLC0415
+
+    from p2pd.commands import Output, run_chat  # noqa: PLC0415
+
+    node = _make_node(args, _passphrase(args))
+    return int(trio.run(run_chat, node, Output(args.json)))
+
+
 def _add_passphrase_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "passphrase",
@@ -115,6 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     identity.set_defaults(handler=cmd_identity)
 
+    send = sub.add_parser(
+        "send", parents=[common], help="deliver one message to a peer with the same passphrase"
+    )
+    send.add_argument("words", nargs="*", metavar="PASSPHRASE MSG")
+    send.add_argument("--passphrase-file", metavar="FILE")
+    send.add_argument("--message-file", metavar="FILE", help="send this UTF-8 file as the message")
+    send.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS")
+    _node_options(send)
+    send.set_defaults(handler=cmd_send)
+
+    listen = sub.add_parser("listen", parents=[common], help="print every message as it arrives")
+    _add_passphrase_args(listen)
+    listen.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    listen.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long")
+    _node_options(listen)
+    listen.set_defaults(handler=cmd_listen)
+
+    chat = sub.add_parser("chat", parents=[common], help="interactive, line by line")
+    _add_passphrase_args(chat)
+    _node_options(chat)
+    chat.set_defaults(handler=cmd_chat)
+
     phrase = sub.add_parser("phrase", parents=[common], help="generate a strong passphrase")
     phrase.add_argument("--words", type=int, default=DEFAULT_PHRASE_WORDS, metavar="N")
     phrase.set_defaults(handler=cmd_phrase)
@@ -137,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except P2pdError as exc:
         print(f"p2pd: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", EXIT_FAILURE))
+    except OSError as exc:
+        print(f"p2pd: error: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

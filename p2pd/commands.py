@@ -1,0 +1,218 @@
+"""``p2pd send``, ``listen`` and ``chat``: a node in-process, driven for one user task.
+
+Output discipline: peer messages on stdout, one per line (or one JSON object per event
+with ``--json``); status on stderr.  ``send`` exits 0 once its message is acknowledged
+and — when the peer is a ``send`` too — the peer's message has arrived, so two people
+running ``send`` at each other both see the other's message.  After that the channel is
+closed cleanly (bounded by :data:`CLOSE_LINGER`) so the last acknowledgements get out.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import trio
+
+from p2pd import messages
+from p2pd.errors import P2pdError
+from p2pd.node import Delivered, MessageIn, Node, PeerDown, PeerUp
+
+#: Longest wait for the clean close after a ``send`` finished (the peer's last ACKs).
+CLOSE_LINGER = 2.0
+
+
+class NoPeer(P2pdError):
+    """No peer answered within the timeout."""
+
+    exit_code = 3
+
+
+@dataclass(slots=True)
+class Output:
+    """Where events go: stdout for messages and results, stderr for status."""
+
+    json_mode: bool
+    out: TextIO = sys.stdout
+    err: TextIO = sys.stderr
+
+    def event(self, obj: dict[str, Any], text: str | None, *, status: bool = False) -> None:
+        if self.json_mode:
+            print(json.dumps(obj, sort_keys=True, ensure_ascii=False), file=self.out, flush=True)
+        elif text is not None:
+            print(text, file=self.err if status else self.out, flush=True)
+
+
+def _peer_up(output: Output, event: PeerUp) -> None:
+    output.event(
+        {
+            "event": "connected",
+            "peer": event.fingerprint,
+            "path": event.path,
+            "addr": f"{event.addr[0]}:{event.addr[1]}",
+            "elapsed_ms": round(event.elapsed * 1000, 1),
+        },
+        f"p2pd: connected to {event.fingerprint} via {event.path} "
+        f"({event.addr[0]}:{event.addr[1]}) in {event.elapsed * 1000:.0f} ms",
+        status=True,
+    )
+
+
+def _message(output: Output, event: MessageIn) -> bool:
+    """Print a text message; True if it was one."""
+    if event.message.kind != "text":
+        return False
+    body = str(event.message.fields["body"])
+    output.event({"event": "message", "peer": event.fingerprint, "text": body}, body)
+    return True
+
+
+def _ready(node: Node, output: Output) -> None:
+    output.event(
+        {"event": "listening", "port": node.port, "fingerprint": node.identity.fingerprint},
+        f"p2pd: listening on UDP port {node.port} as {node.identity.fingerprint}",
+        status=True,
+    )
+
+
+async def _with_signals(node: Node, body: Callable[[], Any]) -> Any:
+    """Run the node and ``body`` together; SIGTERM cancels both cleanly."""
+    result: list[Any] = []
+
+    async def watch_signals(cancel: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                cancel.cancel()
+
+    failure: list[P2pdError] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        nursery.start_soon(watch_signals, nursery.cancel_scope)
+        try:
+            result.append(await body())
+        except P2pdError as exc:  # re-raised bare, not inside the nursery's ExceptionGroup
+            failure.append(exc)
+        nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return result[0] if result else None
+
+
+async def run_send(node: Node, text: str, timeout: float, output: Output) -> int:
+    async def body() -> int:
+        target: bytes | None = None
+        text_id = -1
+        delivered = False
+        peer_role: str | None = None
+        peer_done = False
+        with trio.move_on_after(timeout):
+            async for event in node.events:
+                if isinstance(event, PeerUp) and target is None:
+                    target = event.peer_id
+                    _peer_up(output, event)
+                    node.send_message(target, messages.hello("send"))
+                    text_id = node.send_message(target, messages.text(text))
+                    node.send_message(target, messages.done())
+                elif isinstance(event, MessageIn) and event.peer_id == target:
+                    if event.message.kind == "hello":
+                        peer_role = str(event.message.fields.get("role"))
+                    elif event.message.kind == "done":
+                        peer_done = True
+                    else:
+                        _message(output, event)
+                elif isinstance(event, Delivered) and event.message_id == text_id:
+                    delivered = True
+                    output.event(
+                        {
+                            "event": "delivered",
+                            "path": event.path,
+                            "peer": event.fingerprint,
+                            "rtt_ms": round(event.rtt * 1000, 2),
+                        },
+                        f"p2pd: delivered to {event.fingerprint} via {event.path} "
+                        f"(rtt {event.rtt * 1000:.1f} ms)",
+                        status=True,
+                    )
+                elif isinstance(event, PeerDown) and event.peer_id == target and not delivered:
+                    target = None  # it went away before acknowledging: wait for another
+                if delivered and peer_role is not None and (peer_role != "send" or peer_done):
+                    break
+        if not delivered:
+            raise NoPeer(
+                f"no peer answered within {timeout:g} s: is the other side running "
+                "with the same passphrase, on a network it can reach?"
+            )
+        assert target is not None
+        node.close_peer(target)
+        with trio.move_on_after(CLOSE_LINGER):
+            async for event in node.events:
+                if isinstance(event, PeerDown) and event.peer_id == target:
+                    break
+        return 0
+
+    return int(await _with_signals(node, body))
+
+
+async def run_listen(node: Node, count: int | None, timeout: float | None, output: Output) -> int:
+    async def body() -> int:
+        received = 0
+        _ready(node, output)
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            async for event in node.events:
+                if isinstance(event, PeerUp):
+                    _peer_up(output, event)
+                    node.send_message(event.peer_id, messages.hello("listen"))
+                elif isinstance(event, MessageIn) and _message(output, event):
+                    received += 1
+                    if count is not None and received >= count:
+                        break
+                elif isinstance(event, PeerDown):
+                    output.event(
+                        {
+                            "event": "disconnected",
+                            "peer": event.fingerprint,
+                            "reason": event.reason,
+                        },
+                        f"p2pd: {event.fingerprint} left ({event.reason})",
+                        status=True,
+                    )
+        if count is not None and received < count:
+            raise NoPeer(f"received {received} of {count} messages before the timeout")
+        with trio.move_on_after(CLOSE_LINGER / 4):
+            await trio.sleep_forever()  # let the last acknowledgements out
+        return 0
+
+    return int(await _with_signals(node, body))
+
+
+async def run_chat(node: Node, output: Output, stdin: TextIO = sys.stdin) -> int:
+    async def body() -> int:
+        peers: set[bytes] = set()
+        _ready(node, output)
+
+        async def read_lines() -> None:
+            while True:
+                line = await trio.to_thread.run_sync(stdin.readline, abandon_on_cancel=True)
+                if not line:
+                    return
+                for peer_id in list(peers):
+                    node.send_message(peer_id, messages.text(line.rstrip("\n")))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(read_lines)
+            async for event in node.events:
+                if isinstance(event, PeerUp):
+                    peers.add(event.peer_id)
+                    _peer_up(output, event)
+                    node.send_message(event.peer_id, messages.hello("chat"))
+                elif isinstance(event, MessageIn):
+                    _message(output, event)
+                elif isinstance(event, PeerDown):
+                    peers.discard(event.peer_id)
+        return 0
+
+    return int(await _with_signals(node, body))

@@ -1,0 +1,101 @@
+"""Real p2pd processes on loopback: helpers to start them and read what they print.
+
+LAN discovery is restricted to ``lo`` (``--interface lo --no-mdns``): tests in the root
+namespace must never broadcast on the machine's real interfaces.  mDNS is exercised in
+the network lab instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+LOOPBACK_ONLY = ("--interface", "lo", "--no-mdns")
+
+
+def fresh_passphrase() -> str:
+    """A strong passphrase unique to one test, so concurrent tests never meet."""
+    words = [
+        "amber",
+        "brisk",
+        "cobalt",
+        "dune",
+        "ember",
+        "fjord",
+        "gale",
+        "harbor",
+        "iris",
+        "juniper",
+        "kelp",
+        "lumen",
+        "mesa",
+        "nectar",
+        "onyx",
+        "pylon",
+        "quartz",
+        "raven",
+    ]
+    return "-".join(secrets.choice(words) for _ in range(4)) + "-" + secrets.token_hex(4)
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The next line of ``proc``'s stderr, or AssertionError after ``timeout`` seconds."""
+    assert proc.stderr is not None
+    ready, _, _ = select.select([proc.stderr], [], [], timeout)
+    assert ready, f"no output within {timeout} s"
+    return proc.stderr.readline()
+
+
+class Procs:
+    """Starts p2pd processes and kills whatever is left at the end of the test."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.Popen[str]:
+        full_env = {k: v for k, v in os.environ.items() if k != "P2PD_PASSPHRASE"}
+        full_env.update(env or {})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "p2pd", "--state-dir", str(self.tmp / name), *args],
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+        )
+        if stdin is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+            proc.stdin = None
+        self.procs.append(proc)
+        return proc
+
+    def finish(self, proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
