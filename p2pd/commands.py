@@ -190,17 +190,29 @@ async def run_listen(node: Node, count: int | None, timeout: float | None, outpu
 
 
 async def run_chat(node: Node, output: Output, stdin: TextIO = sys.stdin) -> int:
+    """Lines typed go to every connected peer (and to peers that connect later);
+    at end of input, wait until every line reached at least one peer, then close."""
+
     async def body() -> int:
         peers: set[bytes] = set()
+        typed: list[str] = []
+        pending: set[tuple[bytes, int]] = set()
+        eof = trio.Event()
         _ready(node, output)
+
+        def deliver(peer_id: bytes, line: str) -> None:
+            pending.add((peer_id, node.send_message(peer_id, messages.text(line))))
 
         async def read_lines() -> None:
             while True:
                 line = await trio.to_thread.run_sync(stdin.readline, abandon_on_cancel=True)
                 if not line:
+                    eof.set()
+                    node.kick()
                     return
+                typed.append(line.rstrip("\n"))
                 for peer_id in list(peers):
-                    node.send_message(peer_id, messages.text(line.rstrip("\n")))
+                    deliver(peer_id, typed[-1])
 
         async with trio.open_nursery() as inner:
             inner.start_soon(read_lines)
@@ -209,9 +221,24 @@ async def run_chat(node: Node, output: Output, stdin: TextIO = sys.stdin) -> int
                     peers.add(event.peer_id)
                     _peer_up(output, event)
                     node.send_message(event.peer_id, messages.hello("chat"))
+                    for line in typed:
+                        deliver(event.peer_id, line)
                 elif isinstance(event, MessageIn):
                     _message(output, event)
+                elif isinstance(event, Delivered):
+                    pending.discard((event.peer_id, event.message_id))
                 elif isinstance(event, PeerDown):
+                    peers.discard(event.peer_id)
+                    pending.difference_update({p for p in pending if p[0] == event.peer_id})
+                if eof.is_set() and peers and not pending:
+                    break
+            inner.cancel_scope.cancel()
+        for peer_id in peers:
+            node.close_peer(peer_id)
+        with trio.move_on_after(CLOSE_LINGER):
+            while peers:
+                event = await node.events.receive()
+                if isinstance(event, PeerDown):
                     peers.discard(event.peer_id)
         return 0
 

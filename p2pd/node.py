@@ -86,7 +86,12 @@ class PeerDown:
     reason: str
 
 
-NodeEvent = PeerUp | MessageIn | Delivered | PeerDown
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Nothing happened to a peer; the application asked to be woken (see Node.kick)."""
+
+
+NodeEvent = PeerUp | MessageIn | Delivered | PeerDown | Tick
 
 
 @dataclass(slots=True)
@@ -141,6 +146,14 @@ class Node:
         message_id = peer.channel.send_message(data, trio.current_time())
         self._kick.set()
         return message_id
+
+    def kick(self) -> None:
+        """Wake the event loop (something outside the node changed)."""
+        self._kick.set()
+        self._emit_tick()
+
+    def _emit_tick(self) -> None:
+        self._send_events.send_nowait(Tick())
 
     def close_peer(self, peer_id: bytes) -> None:
         """Begin a clean close of the channel to ``peer_id``."""

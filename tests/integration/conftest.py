@@ -45,12 +45,13 @@ def fresh_passphrase() -> str:
     return "-".join(secrets.choice(words) for _ in range(4)) + "-" + secrets.token_hex(4)
 
 
-def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    """The next line of ``proc``'s stderr, or AssertionError after ``timeout`` seconds."""
-    assert proc.stderr is not None
-    ready, _, _ = select.select([proc.stderr], [], [], timeout)
+def read_line(proc: subprocess.Popen[str], timeout: float, *, stdout: bool = False) -> str:
+    """The next line of ``proc``'s stderr (or stdout), or AssertionError after ``timeout`` s."""
+    stream = proc.stdout if stdout else proc.stderr
+    assert stream is not None
+    ready, _, _ = select.select([stream], [], [], timeout)
     assert ready, f"no output within {timeout} s"
-    return proc.stderr.readline()
+    return stream.readline()
 
 
 class Procs:
@@ -61,13 +62,18 @@ class Procs:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(
-        self, name: str, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+        self,
+        name: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        stdin: str | None = None,
+        interactive: bool = False,
     ) -> subprocess.Popen[str]:
         full_env = {k: v for k, v in os.environ.items() if k != "P2PD_PASSPHRASE"}
         full_env.update(env or {})
         proc = subprocess.Popen(
             [sys.executable, "-m", "p2pd", "--state-dir", str(self.tmp / name), *args],
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin is not None or interactive else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -121,3 +121,22 @@ def test_sigterm_ends_within_a_second(procs: Procs) -> None:
     started = time.monotonic()
     proc.communicate(timeout=10)
     assert time.monotonic() - started < 1.0
+
+
+def test_chat_is_interactive_both_ways_and_ends_at_end_of_input(procs: Procs) -> None:
+    env = {"P2PD_PASSPHRASE": fresh_passphrase()}
+    a = procs.start("a", "chat", *LOOPBACK_ONLY, env=env, interactive=True)
+    b = procs.start("b", "chat", *LOOPBACK_ONLY, env=env, interactive=True)
+    assert a.stdin is not None and b.stdin is not None
+    a.stdin.write("from a 1\nfrom a 2\n")
+    a.stdin.flush()
+    assert read_line(b, 30, stdout=True) == "from a 1\n"
+    assert read_line(b, 30, stdout=True) == "from a 2\n"
+    b.stdin.write("from b\n")
+    b.stdin.flush()
+    assert read_line(a, 30, stdout=True) == "from b\n"
+    a.stdin.close()
+    b.stdin.close()
+    a.stdin = b.stdin = None
+    assert procs.finish(a, timeout=30)[0] == 0
+    assert procs.finish(b, timeout=30)[0] == 0
