@@ -104,7 +104,32 @@ def _noise(identity: Identity, params: Params, *, initiator: bool, rng: Rng) -> 
     )
 
 
-class InitiatorHandshake:
+class _Side:
+    """What both roles share: reading the peer's authenticated Noise message."""
+
+    _params: Params
+    _identity: Identity
+    _hs: HandshakeState
+    failed: bool
+
+    def _read_peer_message(self, packet: bytes, noise_msg: bytes) -> bytes:
+        """Check mac1, read the Noise message, refuse ourselves; the peer's static key."""
+        if not _mac1_ok(self._params, packet):
+            raise BadFrame("drop_mac1")
+        try:
+            self._hs.read_message_untrusted(noise_msg)
+        except NoiseError:
+            self.failed = True
+            raise NoiseError("bad_handshake") from None
+        remote = self._hs.remote_static
+        assert remote is not None  # messages 2 and 3 both carry s
+        if compare_digest(remote, self._identity.public):
+            self.failed = True
+            raise BadFrame("self")
+        return remote
+
+
+class InitiatorHandshake(_Side):
     """Our side of a handshake we start: INIT out, RESP in, FINISH out."""
 
     __slots__ = (
@@ -162,18 +187,7 @@ class InitiatorHandshake:
             raise BadFrame("not_resp")
         if msg.receiver_index != self.local_index:
             raise BadFrame("unknown_index")
-        if not _mac1_ok(self._params, packet):
-            raise BadFrame("drop_mac1")
-        try:
-            self._hs.read_message_untrusted(msg.noise_msg)
-        except NoiseError:
-            self.failed = True
-            raise NoiseError("bad_handshake") from None
-        remote = self._hs.remote_static
-        assert remote is not None  # message 2 carries s
-        if compare_digest(remote, self._identity.public):
-            self.failed = True
-            raise BadFrame("self")
+        remote = self._read_peer_message(packet, msg.noise_msg)
         msg3 = self._hs.write_message()
         keys = _transport_keys(self._hs)
         keypair = Keypair.from_split(
@@ -189,7 +203,7 @@ class InitiatorHandshake:
         return self._jar.stamp(finish.encode(), now), keypair, remote
 
 
-class ResponderHandshake:
+class ResponderHandshake(_Side):
     """Our side of a handshake a peer started: built from an INIT that passed early drop."""
 
     __slots__ = (
@@ -252,18 +266,7 @@ class ResponderHandshake:
             raise BadFrame("unknown_index")
         if msg.sender_index != self.remote_index:
             raise BadFrame("index_mismatch")
-        if not _mac1_ok(self._params, packet):
-            raise BadFrame("drop_mac1")
-        try:
-            self._hs.read_message_untrusted(msg.noise_msg)
-        except NoiseError:
-            self.failed = True
-            raise NoiseError("bad_handshake") from None
-        remote = self._hs.remote_static
-        assert remote is not None  # message 3 carries s
-        if compare_digest(remote, self._identity.public):
-            self.failed = True
-            raise BadFrame("self")
+        remote = self._read_peer_message(packet, msg.noise_msg)
         keys = _transport_keys(self._hs)
         keypair = Keypair.from_split(
             *keys,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from p2pd.errors import BadFrame, LocalError
 
@@ -149,8 +149,8 @@ class HandshakeInit:
 
 
 @dataclass(frozen=True, slots=True)
-class HandshakeResp:
-    """HANDSHAKE_RESP (0x02): ``sender · receiver · tag · noise_msg2 · mac1 · mac2``."""
+class _HandshakeReply:
+    """The layout RESP and FINISH share: ``sender · receiver · tag · noise_msg · mac1 · mac2``."""
 
     sender_index: int
     receiver_index: int
@@ -159,33 +159,32 @@ class HandshakeResp:
     mac1: bytes = ZERO_MAC
     mac2: bytes = ZERO_MAC
 
+    TYPE: ClassVar[int]
+    NOISE_SIZE: ClassVar[int]
+
     def __post_init__(self) -> None:
         _check_reply_fields(self.sender_index, self.receiver_index, self.tag, self.mac1, self.mac2)
-        _need_size("noise_msg", self.noise_msg, NOISE_MSG2_SIZE)
+        _need_size("noise_msg", self.noise_msg, self.NOISE_SIZE)
 
     def encode(self) -> bytes:
-        head = _REPLY_HEAD.pack(TYPE_HANDSHAKE_RESP, self.sender_index, self.receiver_index)
+        head = _REPLY_HEAD.pack(self.TYPE, self.sender_index, self.receiver_index)
         return head + self.tag + self.noise_msg + self.mac1 + self.mac2
 
 
 @dataclass(frozen=True, slots=True)
-class HandshakeFinish:
+class HandshakeResp(_HandshakeReply):
+    """HANDSHAKE_RESP (0x02): ``sender · receiver · tag · noise_msg2 · mac1 · mac2``."""
+
+    TYPE: ClassVar[int] = TYPE_HANDSHAKE_RESP
+    NOISE_SIZE: ClassVar[int] = NOISE_MSG2_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFinish(_HandshakeReply):
     """HANDSHAKE_FINISH (0x03): ``sender · receiver · tag · noise_msg3 · mac1 · mac2``."""
 
-    sender_index: int
-    receiver_index: int
-    tag: bytes
-    noise_msg: bytes
-    mac1: bytes = ZERO_MAC
-    mac2: bytes = ZERO_MAC
-
-    def __post_init__(self) -> None:
-        _check_reply_fields(self.sender_index, self.receiver_index, self.tag, self.mac1, self.mac2)
-        _need_size("noise_msg", self.noise_msg, NOISE_MSG3_SIZE)
-
-    def encode(self) -> bytes:
-        head = _REPLY_HEAD.pack(TYPE_HANDSHAKE_FINISH, self.sender_index, self.receiver_index)
-        return head + self.tag + self.noise_msg + self.mac1 + self.mac2
+    TYPE: ClassVar[int] = TYPE_HANDSHAKE_FINISH
+    NOISE_SIZE: ClassVar[int] = NOISE_MSG3_SIZE
 
 
 def _check_reply_fields(sender: int, receiver: int, tag: bytes, mac1: bytes, mac2: bytes) -> None:
