@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +24,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NO_PEER = 3
 EXIT_INTERRUPTED = 130
+#: Seconds ``p2pd stop`` waits for the daemon to exit.
+STOP_WAIT = 10.0
 #: Default seconds ``send`` waits for a peer (``--timeout``).
 DEFAULT_TIMEOUT = 60.0
 #: Words in a passphrase made by ``p2pd phrase``: 5 x 12.9 = 64.6 bits.
@@ -84,6 +87,9 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="UDP port (default: derived from the passphrase)")
     parser.add_argument("--no-mdns", action="store_true", help="no mDNS announcement or browsing")
     parser.add_argument("--no-beacon", action="store_true", help="no LAN broadcast beacons")
+    parser.add_argument(
+        "--no-daemon", action="store_true", help="run a node in this process even if a daemon runs"
+    )
     parser.add_argument(
         "--target",
         action="append",
@@ -151,12 +157,44 @@ def _send_inputs(args: argparse.Namespace) -> tuple[str, str]:
     return passphrase, message
 
 
+def _daemon(args: argparse.Namespace) -> Any:
+    """The running daemon of this state directory, unless --no-daemon; else None."""
+    if getattr(args, "no_daemon", False):
+        return None
+    from p2pd.apiclient import DaemonClient  # noqa: PLC0415
+    from p2pd.paths import resolve_state_dir  # noqa: PLC0415
+
+    return DaemonClient.discover(resolve_state_dir(args.state_dir))
+
+
+def _delivered_line(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    obj = {
+        "event": "delivered",
+        "path": result.get("path"),
+        "peer": result.get("peer"),
+        "rtt_ms": result.get("rtt_ms"),
+    }
+    if args.json:
+        print(json.dumps(obj, sort_keys=True), flush=True)
+    else:
+        print(
+            f"p2pd: delivered to {obj['peer']} via {obj['path']} (through the daemon)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import trio  # noqa: PLC0415
 
     from p2pd.commands import Output, run_send  # noqa: PLC0415
 
     passphrase, message = _send_inputs(args)
+    client = _daemon(args)
+    if client is not None:
+        session = client.join(passphrase)
+        _delivered_line(args, client.send(session["id"], message, args.timeout))
+        return EXIT_OK
     node = _make_node(args, passphrase)
     return int(trio.run(run_send, node, message, args.timeout, Output(args.json)))
 
@@ -166,8 +204,87 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     from p2pd.commands import Output, run_listen  # noqa: PLC0415
 
-    node = _make_node(args, _passphrase(args))
+    passphrase = _passphrase(args)
+    client = _daemon(args)
+    if client is not None:
+        return _listen_through(client, args, passphrase)
+    node = _make_node(args, passphrase)
     return int(trio.run(run_listen, node, args.count, args.timeout, Output(args.json)))
+
+
+def _listen_through(client: Any, args: argparse.Namespace, passphrase: str) -> int:
+    """``listen`` via the daemon: print the session's message events as they come."""
+    from p2pd.commands import NoPeer  # noqa: PLC0415
+
+    session = client.join(passphrase)
+    received = 0
+    for event in client.events(session["id"], since=None):
+        if event.get("event") != "message":
+            continue
+        received += 1
+        if args.json:
+            print(json.dumps(event, sort_keys=True, ensure_ascii=False), flush=True)
+        else:
+            print(event.get("text", ""), flush=True)
+        if args.count is not None and received >= args.count:
+            return EXIT_OK
+    raise NoPeer("the daemon closed the event stream")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _daemon(args)
+    if client is None:
+        raise LocalError("no daemon is running on this state directory (start one: p2pd daemon)")
+    status = client.status()
+    if args.json:
+        print(json.dumps(status, sort_keys=True), flush=True)
+        return EXIT_OK
+    daemon = status.get("daemon", {})
+    print(
+        f"daemon pid {daemon.get('pid')}  api {daemon.get('api')}  "
+        f"up {daemon.get('uptime_s', 0):.0f} s"
+    )
+    rows = [("SESSION", "PORT", "PEER", "PATH", "ADDRESS")]
+    for session in status.get("sessions", []):
+        peers = session.get("peers") or [{}]
+        for peer in peers:
+            rows.append(
+                (
+                    session["id"][:16],
+                    str(session.get("port", "")),
+                    peer.get("fingerprint", "-"),
+                    peer.get("path", "-"),
+                    peer.get("addr", "-"),
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    totals: dict[str, int] = {}
+    for session in status.get("sessions", []):
+        for key, value in session.get("counters", {}).items():
+            totals[key] = totals.get(key, 0) + int(value)
+    if totals:
+        print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())))
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+
+    client = _daemon(args)
+    if client is None:
+        raise LocalError("no daemon is running on this state directory")
+    client.shutdown()
+    deadline = time.monotonic() + STOP_WAIT
+    while time.monotonic() < deadline:
+        try:
+            os.kill(client.pid, 0)
+        except ProcessLookupError:
+            print(f"p2pd: daemon (pid {client.pid}) stopped", file=sys.stderr)
+            return EXIT_OK
+        time.sleep(0.05)
+    raise P2pdError(f"the daemon (pid {client.pid}) did not stop within {STOP_WAIT:g} s")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -190,6 +307,12 @@ def _add_passphrase_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--passphrase-file", metavar="FILE", help="read the passphrase from FILE's first line"
     )
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from p2pd.daemon import run_daemon  # noqa: PLC0415
+
+    return run_daemon(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,6 +367,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_passphrase_args(chat)
     _node_options(chat)
     chat.set_defaults(handler=cmd_chat)
+
+    status = sub.add_parser("status", parents=[common], help="sessions, peers and counters")
+    status.set_defaults(handler=cmd_status)
+    stop = sub.add_parser("stop", parents=[common], help="stop the running daemon")
+    stop.set_defaults(handler=cmd_stop)
+
+    daemon = sub.add_parser(
+        "daemon", parents=[common], help="run headless: many sessions behind a local HTTP API"
+    )
+    daemon.add_argument("--api", metavar="HOST:PORT|unix:PATH", help="default 127.0.0.1:3000")
+    daemon.add_argument(
+        "--api-allow-remote", action="store_true", help="allow a non-loopback --api address"
+    )
+    daemon.add_argument("--config", metavar="FILE", help="TOML settings (see docs/daemon.md)")
+    daemon.add_argument(
+        "--foreground", action="store_true", help="log every event to stderr as JSON lines"
+    )
+    _node_options(daemon)
+    daemon.set_defaults(handler=cmd_daemon)
 
     phrase = sub.add_parser("phrase", parents=[common], help="generate a strong passphrase")
     phrase.add_argument("--words", type=int, default=DEFAULT_PHRASE_WORDS, metavar="N")

@@ -22,6 +22,8 @@ from p2pd import messages
 from p2pd.errors import P2pdError
 from p2pd.node import Delivered, MessageIn, Node, PeerDown, PeerUp
 
+#: Exit code after SIGTERM (128 + 15, as shells report it).
+EXIT_TERMINATED = 143
 #: Longest wait for the clean close after a ``send`` finished (the peer's last ACKs).
 CLOSE_LINGER = 2.0
 
@@ -99,7 +101,7 @@ async def _with_signals(node: Node, body: Callable[[], Any]) -> Any:
         nursery.cancel_scope.cancel()
     if failure:
         raise failure[0]
-    return result[0] if result else None
+    return result[0] if result else EXIT_TERMINATED
 
 
 async def run_send(node: Node, text: str, timeout: float, output: Output) -> int:

@@ -8,10 +8,11 @@ the network lab instead.
 from __future__ import annotations
 
 import os
+import queue
 import secrets
-import select
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,13 +46,31 @@ def fresh_passphrase() -> str:
     return "-".join(secrets.choice(words) for _ in range(4)) + "-" + secrets.token_hex(4)
 
 
+_READERS: dict[tuple[int, bool], queue.Queue[str]] = {}
+
+
 def read_line(proc: subprocess.Popen[str], timeout: float, *, stdout: bool = False) -> str:
-    """The next line of ``proc``'s stderr (or stdout), or AssertionError after ``timeout`` s."""
-    stream = proc.stdout if stdout else proc.stderr
-    assert stream is not None
-    ready, _, _ = select.select([stream], [], [], timeout)
-    assert ready, f"no output within {timeout} s"
-    return stream.readline()
+    """The next line of ``proc``'s stderr (or stdout), or AssertionError after ``timeout`` s.
+
+    A reader thread per stream feeds a queue: ``select`` on a buffered text stream would
+    miss lines already read into Python's buffer.
+    """
+    key = (proc.pid, stdout)
+    if key not in _READERS:
+        stream = proc.stdout if stdout else proc.stderr
+        assert stream is not None
+        lines: queue.Queue[str] = queue.Queue()
+        _READERS[key] = lines
+
+        def pump() -> None:
+            for line in stream:
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+    try:
+        return _READERS[key].get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no output within {timeout} s") from None
 
 
 class Procs:
