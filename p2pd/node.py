@@ -224,9 +224,10 @@ class Node:
         while True:
             await udp.wait_readable()
             now, wall = trio.current_time(), time.time()
+            packets = size = 0
             for data, addr in udp.drain():
-                self.counters["packets_in"] += 1
-                self.counters["bytes_in"] += len(data)
+                packets += 1
+                size += len(data)
                 if data[:1] == BEACON_TYPE:
                     if self._beacon.verify_untrusted(data, wall):
                         self.add_candidate(Candidate(addr, "lan", now))
@@ -234,7 +235,10 @@ class Node:
                         self.counters["drop_beacon"] += 1
                     continue
                 endpoint.receive_datagram(data, addr, now, wall)
+            self.counters["packets_in"] += packets
+            self.counters["bytes_in"] += size
             await self._pump()
+            self._kick.set()  # the cores' timers may have moved: the timer loop looks again
 
     async def _timer_loop(self) -> None:
         assert self._endpoint is not None
@@ -290,28 +294,23 @@ class Node:
 
     async def _flush(self) -> None:
         assert self._udp is not None
+        udp, counters = self._udp, self.counters
         async with self._send_lock:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
-                for data, addr in batch:
-                    if await self._udp.send(data, addr):
-                        self.counters["packets_out"] += 1
-                        self.counters["bytes_out"] += len(data)
-                    else:
-                        self.counters["send_errors"] += 1
+                for addr, datagrams in _runs_by_address(batch):
+                    sent = await udp.send_batch(datagrams, addr)
+                    ok = sent.count(True)
+                    counters["packets_out"] += ok
+                    counters["bytes_out"] += sum(
+                        len(data) for data, done in zip(datagrams, sent, strict=True) if done
+                    )
+                    if ok < len(sent):
+                        counters["send_errors"] += len(sent) - ok
 
     def _on_endpoint_event(self, event: object, now: float) -> None:
         assert self._race is not None
-        if isinstance(event, PeerConnected):
-            result = self._race.won(event.addr, now)
-            path = result.path if result is not None else "lan"
-            elapsed = result.elapsed if result is not None else 0.0
-            peer = self.peers.get(event.peer_id)
-            if peer is None or peer.closed:
-                channel = Channel(now=now, max_plaintext=MAX_PLAINTEXT)
-                self.peers[event.peer_id] = _Peer(event.fingerprint, event.addr, path, channel)
-                self._emit(PeerUp(event.peer_id, event.fingerprint, event.addr, path, elapsed))
-        elif isinstance(event, DataReceived):
+        if type(event) is DataReceived:  # by far the most frequent: checked first
             peer = self.peers.get(event.peer_id)
             if peer is None:
                 self.counters["drop_no_channel"] += 1
@@ -320,6 +319,15 @@ class Node:
                 peer.channel.receive_datagram_untrusted(event.data, now)
             except BadFrame as exc:
                 self.counters[f"drop_{exc.reason}"] += 1
+        elif isinstance(event, PeerConnected):
+            result = self._race.won(event.addr, now)
+            path = result.path if result is not None else "lan"
+            elapsed = result.elapsed if result is not None else 0.0
+            peer = self.peers.get(event.peer_id)
+            if peer is None or peer.closed:
+                channel = Channel(now=now, max_plaintext=MAX_PLAINTEXT)
+                self.peers[event.peer_id] = _Peer(event.fingerprint, event.addr, path, channel)
+                self._emit(PeerUp(event.peer_id, event.fingerprint, event.addr, path, elapsed))
         elif isinstance(event, PeerAddressChanged):
             peer = self.peers.get(event.peer_id)
             if peer is not None:
@@ -348,6 +356,17 @@ class Node:
 
     def _emit(self, event: NodeEvent) -> None:
         self._send_events.send_nowait(event)
+
+
+def _runs_by_address(batch: list[tuple[bytes, Addr]]) -> list[tuple[Addr, list[bytes]]]:
+    """Consecutive datagrams to the same address, grouped in order (for batched sends)."""
+    runs: list[tuple[Addr, list[bytes]]] = []
+    for data, addr in batch:
+        if runs and runs[-1][0] == addr:
+            runs[-1][1].append(data)
+        else:
+            runs.append((addr, [data]))
+    return runs
 
 
 __all__ = [

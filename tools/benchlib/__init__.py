@@ -1,0 +1,1 @@
+"""tools/bench's larger benchmarks: two-process goodput and CLI send latency."""
