@@ -29,7 +29,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -397,22 +397,34 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error")
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
+    """One endpoint for a path that several methods share (so 405's Allow lists them all)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return endpoint
+
+
 def build_app(api: Api, token: str, extra_hosts: frozenset[str] = frozenset()) -> Guard:
     """The whole ASGI application: :class:`Guard` around the routes."""
-    routes = [
-        Route("/v1/openapi.json", api.openapi, methods=["GET"]),
-        Route("/v1/identity", api.identity, methods=["GET"]),
-        Route("/v1/status", api.status, methods=["GET"]),
-        Route("/v1/metrics", api.metrics, methods=["GET"]),
-        Route("/v1/shutdown", api.shutdown, methods=["POST"]),
-        Route("/v1/sessions", api.list_sessions, methods=["GET"]),
-        Route("/v1/sessions", api.join, methods=["POST"]),
-        Route("/v1/sessions/{id}", api.get_session, methods=["GET"]),
-        Route("/v1/sessions/{id}", api.leave, methods=["DELETE"]),
-        Route("/v1/sessions/{id}/send", api.send, methods=["POST"]),
-        Route("/v1/sessions/{id}/events", api.events, methods=["GET"]),
-        Route("/v1/sessions/{id}/offer", api.offer, methods=["POST"]),
-    ]
+    table: dict[str, dict[str, Endpoint]] = {
+        "/v1/openapi.json": {"GET": api.openapi},
+        "/v1/identity": {"GET": api.identity},
+        "/v1/status": {"GET": api.status},
+        "/v1/metrics": {"GET": api.metrics},
+        "/v1/shutdown": {"POST": api.shutdown},
+        "/v1/sessions": {"GET": api.list_sessions, "POST": api.join},
+        "/v1/sessions/{id}": {"GET": api.get_session, "DELETE": api.leave},
+        "/v1/sessions/{id}/send": {"POST": api.send},
+        "/v1/sessions/{id}/events": {"GET": api.events},
+        "/v1/sessions/{id}/offer": {"POST": api.offer},
+    }
+    routes = [Route(path, _by_method(h), methods=list(h)) for path, h in table.items()]
     app = Starlette(
         routes=routes,
         exception_handlers={
