@@ -25,6 +25,8 @@ from p2pd.errors import LocalError, P2pdError
 DAEMON_FILE = "daemon.json"
 #: File holding the API bearer token.
 TOKEN_FILE = "api-token"  # noqa: S105  (a file name, not a secret)
+#: The status of a POST that created the session (an existing one answers 200).
+HTTP_CREATED = 201
 #: Seconds to wait for an API answer that does not wait on the network.
 API_TIMEOUT = 10.0
 
@@ -39,14 +41,19 @@ class DaemonError(P2pdError):
         self.exit_code = 3 if code in {"no_peer", "timeout"} else 2 if status < 500 else 1
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text("ascii")
+    except OSError:
+        return True  # no /proc: trust kill()
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 @dataclass(slots=True)
@@ -66,7 +73,7 @@ class DaemonClient:
             pid, api = int(info["pid"]), str(info["api"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not _alive(pid):
+        if not alive(pid):
             return None
         return cls(api=api, token=token, pid=pid)
 
@@ -79,7 +86,7 @@ class DaemonClient:
             )
         return httpx.Client(base_url=self.api, headers=headers, timeout=timeout)
 
-    def _call(
+    def _request(
         self,
         method: str,
         path: str,
@@ -93,7 +100,7 @@ class DaemonClient:
         except httpx.HTTPError as exc:
             raise LocalError(f"cannot reach the daemon at {self.api}: {exc}") from None
         if response.is_success:
-            return response.json() if response.content else None
+            return response
         try:
             error = response.json()["error"]
             code, message = str(error["code"]), str(error["message"])
@@ -101,12 +108,24 @@ class DaemonClient:
             code, message = "internal", f"the daemon answered HTTP {response.status_code}"
         raise DaemonError(code, message, response.status_code)
 
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = API_TIMEOUT,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        response = self._request(method, path, timeout=timeout, body=body)
+        return response.json() if response.content else None
+
     def status(self) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/status"))
 
-    def join(self, passphrase: str) -> dict[str, Any]:
-        """Join (idempotently) the session of ``passphrase``; returns the session."""
-        return dict(self._call("POST", "/v1/sessions", body={"passphrase": passphrase}))
+    def join(self, passphrase: str) -> tuple[dict[str, Any], bool]:
+        """Join (idempotently) the session of ``passphrase``: (session, newly created)."""
+        response = self._request("POST", "/v1/sessions", body={"passphrase": passphrase})
+        return dict(response.json()), response.status_code == HTTP_CREATED
 
     def send(self, session_id: str, text: str, wait_peer: float) -> dict[str, Any]:
         body = {"text": text, "wait_peer": wait_peer, "wait_delivery": True}

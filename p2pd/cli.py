@@ -126,7 +126,6 @@ def _make_node(args: argparse.Namespace, passphrase: str) -> Any:
 
 def _send_inputs(args: argparse.Namespace) -> tuple[str, str]:
     """(passphrase, message) from ``send``'s positionals and the other sources."""
-    import os  # noqa: PLC0415
 
     from p2pd.passphrase import PASSPHRASE_ENV, read_passphrase  # noqa: PLC0415
 
@@ -192,7 +191,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     passphrase, message = _send_inputs(args)
     client = _daemon(args)
     if client is not None:
-        session = client.join(passphrase)
+        session, _ = client.join(passphrase)
         _delivered_line(args, client.send(session["id"], message, args.timeout))
         return EXIT_OK
     node = _make_node(args, passphrase)
@@ -216,9 +215,11 @@ def _listen_through(client: Any, args: argparse.Namespace, passphrase: str) -> i
     """``listen`` via the daemon: print the session's message events as they come."""
     from p2pd.commands import NoPeer  # noqa: PLC0415
 
-    session = client.join(passphrase)
+    session, created = client.join(passphrase)
     received = 0
-    for event in client.events(session["id"], since=None):
+    # A session this command created is replayed from its start, so a message that
+    # arrived while the event stream was being opened is not missed.
+    for event in client.events(session["id"], since=0 if created else None):
         if event.get("event") != "message":
             continue
         received += 1
@@ -272,15 +273,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     import time  # noqa: PLC0415
 
+    from p2pd.apiclient import alive  # noqa: PLC0415
+
     client = _daemon(args)
     if client is None:
         raise LocalError("no daemon is running on this state directory")
     client.shutdown()
     deadline = time.monotonic() + STOP_WAIT
     while time.monotonic() < deadline:
-        try:
-            os.kill(client.pid, 0)
-        except ProcessLookupError:
+        if not alive(client.pid):
             print(f"p2pd: daemon (pid {client.pid}) stopped", file=sys.stderr)
             return EXIT_OK
         time.sleep(0.05)
