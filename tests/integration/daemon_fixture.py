@@ -57,10 +57,16 @@ class Daemon:
         return self.proc.pid
 
     def client(self, *, token: str | None = None, timeout: float = 30.0) -> httpx.Client:
-        """An httpx client with the bearer token (``token=""`` for none)."""
+        """An httpx client with the bearer token (``token=""`` for none); TCP or unix socket."""
         token = self.token if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        if self.base_url.startswith("unix:"):
+            transport = httpx.HTTPTransport(uds=self.base_url.removeprefix("unix:"))
+            client = httpx.Client(
+                base_url="http://localhost", headers=headers, timeout=timeout, transport=transport
+            )
+        else:
+            client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
         self.clients.append(client)
         return client
 

@@ -27,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2pd.derive import derive
 from tests.integration.conftest import fresh_passphrase
 from tests.integration.daemon_fixture import (
     Daemon,
@@ -184,6 +185,43 @@ def test_non_loopback_api_is_refused_without_allow_remote(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "--api-allow-remote" in result.stderr
     assert not (tmp_path / "d" / "daemon.json").exists()
+
+
+def test_api_on_a_unix_socket(daemons: Daemons, tmp_path: Path) -> None:
+    socket_path = tmp_path / "api.sock"
+    handle = daemons.start("d", "--api", f"unix:{socket_path}")
+    assert handle.base_url == f"unix:{socket_path}"
+    assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
+    assert handle.get("/v1/status").json()["daemon"]["api"] == f"unix:{socket_path}"
+    assert handle.stop() == 0
+    assert not socket_path.exists()
+
+
+# -- the config file --------------------------------------------------------------------
+
+
+def test_config_file_joins_sessions_from_passphrase_files(daemons: Daemons, tmp_path: Path) -> None:
+    phrase = fresh_passphrase()
+    phrase_file = tmp_path / "team.phrase"
+    phrase_file.write_text(phrase + "\n")
+    phrase_file.chmod(0o600)
+    config = tmp_path / "p2pd.toml"
+    config.write_text(f'log_level = "debug"\n\n[[sessions]]\npassphrase_file = "{phrase_file}"\n')
+    handle = daemons.start("d", "--config", str(config))
+    sessions = handle.get("/v1/sessions").json()["sessions"]
+    assert [s["id"] for s in sessions] == [derive(phrase).rendezvous_id.hex()]
+    assert phrase not in handle.log()
+
+
+def test_config_file_with_an_inline_passphrase_is_refused(tmp_path: Path) -> None:
+    phrase = fresh_passphrase()
+    config = tmp_path / "p2pd.toml"
+    config.write_text(f'[[sessions]]\npassphrase = "{phrase}"\n')
+    command = [*daemon_command(tmp_path / "d"), "--config", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "passphrase_file" in result.stderr
+    assert phrase not in result.stderr
 
 
 # -- the endpoints ----------------------------------------------------------------------
