@@ -56,6 +56,9 @@ MIN_PASSPHRASE_LENGTH = 8
 #: 0.23 s of one core per Argon2id guess that is thousands of core-years to exhaust.
 MIN_GUESSES_LOG10 = 12.0
 
+#: Longest input zxcvbn accepts; longer passphrases are judged on this many characters.
+ZXCVBN_MAX_LENGTH = 72
+
 # One ASCII context per sub-key; never reuse one for another purpose.
 CTX_PSK = b"p2pd v1 noise psk"
 CTX_PORT = b"p2pd v1 port"
@@ -112,7 +115,8 @@ def check_strength(normalized: str) -> None:
             f"the passphrase is too short (at least {MIN_PASSPHRASE_LENGTH} characters); "
             "use four or more random words, e.g. from `p2pd phrase`"
         )
-    guesses_log10 = float(_zxcvbn.zxcvbn(normalized)["guesses_log10"])
+    # zxcvbn refuses inputs over 72 characters; judging the prefix only under-estimates.
+    guesses_log10 = float(_zxcvbn.zxcvbn(normalized[:ZXCVBN_MAX_LENGTH])["guesses_log10"])
     if guesses_log10 < MIN_GUESSES_LOG10:
         raise WeakPassphraseError(
             "the passphrase is too easy to guess "

@@ -99,3 +99,9 @@ def test_empty_refused_even_without_check() -> None:
 def test_argon2id_costs_are_the_specified_ones() -> None:
     assert (d.ARGON2_OPSLIMIT, d.ARGON2_MEMLIMIT) == (3, 128 * 1024 * 1024)
     assert len(d.ARGON2_SALT) == 16
+
+
+def test_long_passphrases_are_judged_not_crashed() -> None:
+    d.check_strength(d.normalize("correct horse battery staple " * 5))
+    with pytest.raises(WeakPassphraseError):
+        d.check_strength("a" * 200)
