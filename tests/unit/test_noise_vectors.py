@@ -66,7 +66,9 @@ def test_exactly_59_suite_vectors_are_found() -> None:
 
 def test_project_copy_is_identical_to_shared_vectors() -> None:
     if not SHARED_VECTORS.exists():
-        pytest.skip(reason=f"shared vectors not present at {SHARED_VECTORS}; project copy used alone")
+        pytest.skip(
+            reason=f"shared vectors not present at {SHARED_VECTORS}; project copy used alone"
+        )
     assert PROJECT_VECTORS.read_bytes() == SHARED_VECTORS.read_bytes()
 
 
