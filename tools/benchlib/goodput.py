@@ -11,6 +11,11 @@ application message per round.
 Times are ``time.monotonic()`` (CLOCK_MONOTONIC, shared by every process on Linux): a
 round runs from just before ``send_message`` in the sender to the receiver's MessageIn.
 The master secret goes to the children on stdin as hex (no Argon2, never printed).
+
+The machine may be shared: ``detail`` also reports each child's CPU time per 1200 bytes
+delivered (robust to other load), its CPU share of the round, and the share of the round
+it spent runnable but waiting for a CPU (``/proc/self/schedstat``; high means the MB/s
+figures measured the neighbours, not p2pd).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from typing import Any, TextIO
 SIZE = 64 * 1024 * 1024
 #: Datagram payload of the raw baseline: the reliable channel's plaintext size.
 DATAGRAM = 1200
+#: 1200-byte datagrams in one message: the unit of the per-datagram CPU costs reported.
+DATAGRAMS = SIZE / DATAGRAM
 #: Kernel buffers of the raw sockets: the same 4 MiB p2pd.udp asks for.
 RAW_BUFFER = 4 * 1024 * 1024
 #: A raw round ends once nothing arrived for this long after the first datagram.
@@ -103,6 +110,7 @@ def bench_goodput(quick: bool, report: Report, bench_path: Path, *, verbose: boo
             node_port, receiver_cpu = ready["node_port"], ready["cpu"]
             _send(sender.stdin, {"node_port": node_port})
             ours, sender_cpu, busy, sender_wait, receiver_wait = [], [], [], [], []
+            sender_us, receiver_us = [], []
             while True:
                 sent = _read(sender)
                 if "done" in sent:
@@ -111,6 +119,8 @@ def bench_goodput(quick: bool, report: Report, bench_path: Path, *, verbose: boo
                 got = _read(receiver)
                 assert SIZE - 64 < got["blob"] < SIZE, got
                 ours.append(SIZE / (got["t"] - sent["start"]) / 1e6)
+                sender_us.append(sent["cpu"] / DATAGRAMS * 1e6)
+                receiver_us.append((got["cpu"][0] - receiver_cpu[0]) / DATAGRAMS * 1e6)
                 sender_cpu.append(sent["cpu"] / sent["elapsed"])
                 sender_wait.append(sent["waited"] / sent["elapsed"])
                 took = got["t"] - sent["start"]
@@ -128,6 +138,8 @@ def bench_goodput(quick: bool, report: Report, bench_path: Path, *, verbose: boo
     detail = {"rounds_mb_s": [round(r, 1) for r in ours],
               "raw_rounds_mb_s": [round(r, 1) for r in raw_rates],
               "raw_received_fraction": [round(r, 3) for r in raw_received],
+              "sender_cpu_us_per_1200B": [round(r, 1) for r in sender_us],
+              "receiver_cpu_us_per_1200B": [round(r, 1) for r in receiver_us],
               "sender_cpu_share": [round(r, 2) for r in sender_cpu],
               "receiver_cpu_share": [round(r, 2) for r in busy],
               "sender_runqueue_wait_share": [round(r, 2) for r in sender_wait],
