@@ -43,42 +43,41 @@ from nacl.bindings import (
 
 from p2pd.errors import BadFrame, LocalError
 from p2pd.ratelimit import source_ip
+from p2pd.wire import (
+    COOKIE_NONCE_SIZE,
+    COOKIE_REPLY_SIZE,
+    HANDSHAKE_FINISH_SIZE,
+    HANDSHAKE_INIT_SIZE,
+    HANDSHAKE_RESP_SIZE,
+    HEADER_SIZE,
+    MAC_SIZE,
+    MACS_SIZE,
+    MAX_INDEX,
+    SENDER_INDEX_OFFSET,
+    TYPE_COOKIE_REPLY,
+    TYPE_HANDSHAKE_FINISH,
+    TYPE_HANDSHAKE_INIT,
+    TYPE_HANDSHAKE_RESP,
+)
+from p2pd.wire import ZERO_MAC as _ZERO_MAC
 
-#: Size of mac1, mac2 and the cookie: 128 bits, as in WireGuard.
-MAC_SIZE = 16
-#: mac1 and mac2 together close every handshake packet.
-MACS_SIZE = 2 * MAC_SIZE
 #: Size of the cookie (a 16-byte BLAKE2b output, as in WireGuard).
-COOKIE_SIZE = 16
+COOKIE_SIZE = MAC_SIZE
 #: Size of mac1_key, cookie_key and the cookie secret.
 KEY_SIZE = 32
 #: The cookie secret is replaced this often, so a cookie dies within two minutes (WireGuard).
 COOKIE_SECRET_MAX_AGE = 120.0
 #: An initiator stops using a cookie this much before the secret could change (WireGuard).
 COOKIE_SECRET_LATENCY = 5.0
-#: XChaCha20-Poly1305 nonce size: 24 random bytes never repeat in practice.
-COOKIE_NONCE_SIZE = 24
-#: Poly1305 tag appended to the encrypted cookie.
-AEAD_TAG_SIZE = 16
-#: Packet types (docs/protocol.md, "Packets").
-TYPE_HANDSHAKE_INIT = 0x01
-TYPE_HANDSHAKE_RESP = 0x02
-TYPE_HANDSHAKE_FINISH = 0x03
-TYPE_COOKIE_REPLY = 0x05
-#: Fixed size of each handshake packet, by type byte.
-HANDSHAKE_SIZES = {TYPE_HANDSHAKE_INIT: 88, TYPE_HANDSHAKE_RESP: 156, TYPE_HANDSHAKE_FINISH: 124}
-#: Type byte and three reserved zero bytes open every datagram.
-HEADER_SIZE = 4
+#: Fixed size of each handshake packet, by type byte (sizes from p2pd.wire).
+HANDSHAKE_SIZES = {
+    TYPE_HANDSHAKE_INIT: HANDSHAKE_INIT_SIZE,
+    TYPE_HANDSHAKE_RESP: HANDSHAKE_RESP_SIZE,
+    TYPE_HANDSHAKE_FINISH: HANDSHAKE_FINISH_SIZE,
+}
 RESERVED = b"\x00\x00\x00"
-#: Every handshake packet carries its sender_index u32 LE right after the header.
-SENDER_INDEX_OFFSET = HEADER_SIZE
-#: COOKIE_REPLY: header, receiver_index u32, nonce, encrypted cookie (64 bytes).
-COOKIE_REPLY_SIZE = HEADER_SIZE + 4 + COOKIE_NONCE_SIZE + COOKIE_SIZE + AEAD_TAG_SIZE
-#: Largest u32, for index checks.
-MAX_INDEX = 2**32 - 1
 #: mac1s remembered by a CookieJar: a few handshake attempts in flight (WireGuard keeps 1).
 MAX_PENDING_MAC1 = 8
-_ZERO_MAC = bytes(MAC_SIZE)
 
 Rng = Callable[[int], bytes]
 

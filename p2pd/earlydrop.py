@@ -34,22 +34,25 @@ import collections
 import enum
 import os
 
-from p2pd.cookie import (
-    HANDSHAKE_SIZES,
+from p2pd.cookie import HANDSHAKE_SIZES, RESERVED, CookieChecker, Rng
+from p2pd.ratelimit import SourceLimiter
+from p2pd.tags import TAG_SIZE, TagChecker
+from p2pd.wire import (
     HEADER_SIZE,
-    RESERVED,
+    INIT_TAG_OFFSET,
+    REPLY_TAG_OFFSET,
     SENDER_INDEX_OFFSET,
     TYPE_HANDSHAKE_FINISH,
     TYPE_HANDSHAKE_INIT,
     TYPE_HANDSHAKE_RESP,
-    CookieChecker,
-    Rng,
 )
-from p2pd.ratelimit import SourceLimiter
-from p2pd.tags import TAG_SIZE, TagChecker
 
 #: Where the tag sits in each handshake packet: after the indices (docs/protocol.md).
-TAG_OFFSETS = {TYPE_HANDSHAKE_INIT: 8, TYPE_HANDSHAKE_RESP: 12, TYPE_HANDSHAKE_FINISH: 12}
+TAG_OFFSETS = {
+    TYPE_HANDSHAKE_INIT: INIT_TAG_OFFSET,
+    TYPE_HANDSHAKE_RESP: REPLY_TAG_OFFSET,
+    TYPE_HANDSHAKE_FINISH: REPLY_TAG_OFFSET,
+}
 
 
 class Verdict(enum.Enum):
