@@ -333,15 +333,22 @@ class Lab:
         destroy_prefix(self.prefix)
 
 
-def read_line(proc: subprocess.Popen[str], timeout: float = DEFAULT_TIMEOUT) -> str:
-    """Read one line from proc's stdout pipe, or raise LabError if none comes within timeout.
+def read_line(
+    proc: subprocess.Popen[str] | subprocess.Popen[bytes],
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    stderr: bool = False,
+) -> str:
+    """Read one line from proc's stdout (or stderr) pipe; LabError if none within timeout.
 
     Reads the raw pipe a byte at a time, so nothing is left hidden in a Python buffer and a
     later `read_line` or ``communicate()`` sees the rest.
     """
-    if proc.stdout is None:
-        raise LabError("process has no stdout pipe")
-    fd = proc.stdout.fileno()
+    pipe = proc.stderr if stderr else proc.stdout
+    name = "stderr" if stderr else "stdout"
+    if pipe is None:
+        raise LabError(f"process has no {name} pipe")
+    fd = pipe.fileno()
     what = " ".join(map(str, proc.args[3:5])) if isinstance(proc.args, list) else proc.args
     deadline = time.monotonic() + timeout
     line = bytearray()
@@ -353,7 +360,7 @@ def read_line(proc: subprocess.Popen[str], timeout: float = DEFAULT_TIMEOUT) -> 
                 raise LabError(f"no line from {what!r} within {timeout} s (got {line!r})")
             byte = os.read(fd, 1)
             if not byte:
-                raise LabError(f"{what!r} closed stdout (exit {proc.poll()}, got {line!r})")
+                raise LabError(f"{what!r} closed {name} (exit {proc.poll()}, got {line!r})")
             line += byte
     return line.decode().rstrip("\n")
 

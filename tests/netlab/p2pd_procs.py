@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .lab import Lab
+from .lab import Lab, read_line
 from .netns import LabError
 from .nodes import Host
 
@@ -77,21 +76,7 @@ class P2pd:
 
 def read_err_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     """The next line of proc's stderr; LabError if none within ``timeout`` or stderr closed."""
-    assert proc.stderr is not None
-    fd = proc.stderr.fileno()
-    deadline = time.monotonic() + timeout
-    line = bytearray()
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                raise LabError(f"no stderr line within {timeout} s (got {line!r})")
-            byte = os.read(fd, 1)
-            if not byte:
-                raise LabError(f"stderr closed (exit {proc.poll()}, got {line!r})")
-            line += byte
-    return line.decode().rstrip("\n")
+    return read_line(proc, timeout, stderr=True)
 
 
 def wait_listening(proc: subprocess.Popen[bytes], timeout: float = LISTEN_TIMEOUT) -> int:
