@@ -100,6 +100,11 @@ def _index_at(data: bytes, offset: int) -> int:
     return int.from_bytes(data[offset : offset + wire.INDEX_SIZE], "little")
 
 
+def _same_rank(addr: Addr) -> int:
+    """Every address as good as any other: plain WireGuard roaming."""
+    return 0
+
+
 def _crossed(session: Session, since: float) -> bool:
     """Whether the peer gave us a fresh keypair (as its responder) since ``since``."""
     return any(
@@ -119,6 +124,7 @@ class Endpoint:
         now: float,
         rng: Callable[[int], bytes] = os.urandom,
         limits: SessionLimits | None = None,
+        path_rank: Callable[[Addr], int] | None = None,
     ) -> None:
         self.params = params
         self.identity = identity
@@ -129,7 +135,7 @@ class Endpoint:
         #: When this endpoint was made (monotonic).
         self.created_at = now
         self._rng = rng
-        self._table = PeerTable(self.limits, rng)
+        self._table = PeerTable(self.limits, rng, path_rank or _same_rank)
         self._responding: collections.OrderedDict[int, Responding] = collections.OrderedDict()
         #: Addresses where we found ourselves; never connected to again.
         self._self_addrs: set[Addr] = set()

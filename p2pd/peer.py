@@ -59,6 +59,11 @@ SESSION_REASONS: Final = {
 #: Deadlines that come from a Session's own age test are reported this much late, so the
 #: test (``now - born >= limit``) holds at the deadline despite float rounding.
 TIMER_SLACK: Final = 1e-6
+#: A peer roams to a *worse* path (higher :data:`PathRank`) only when its current address
+#: has carried no authentic packet for this long: the better path died (a NAT mapping
+#: expired, a Wi-Fi link dropped).  Long enough that a peer still sending on the old relayed
+#: path while switching does not pull us back; short enough that a dead path costs one RTO.
+PATH_STALE_AFTER: Final = 5.0
 #: DATA packets kept for a responder handshake whose FINISH is late (reordered behind the
 #: initiator's first keepalive); replayed once the FINISH arrives.
 MAX_EARLY_DATA: Final = 2
@@ -139,6 +144,8 @@ class Peer:
     rekey_failed: bool = False
     #: A handshake is wanted since then; started as soon as the wall clock is known.
     handshake_wanted_at: float | None = None
+    #: Last authentic packet from ``addr`` itself (not from another path of this peer).
+    addr_heard: float = float("-inf")
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -213,9 +220,15 @@ class PeerTable:
     """Peers by static key, attempts by address, what each local index leads to, and the
     outgoing queues: the endpoint's state, and what concerns one peer at a time."""
 
-    def __init__(self, limits: SessionLimits, rng: Callable[[int], bytes]) -> None:
+    def __init__(
+        self,
+        limits: SessionLimits,
+        rng: Callable[[int], bytes],
+        path_rank: Callable[[Addr], int] = lambda addr: 0,
+    ) -> None:
         self.limits = limits
         self._rng = rng
+        self._path_rank = path_rank
         self.peers: dict[bytes, Peer] = {}
         #: Initiation attempts by the address they go to.
         self.attempts: dict[Addr, Attempt] = {}
@@ -307,12 +320,28 @@ class PeerTable:
         peer.session = fresh
 
     def authenticated(self, peer: Peer, addr: Addr, now: float) -> None:
-        """An authentic packet from ``addr``: the peer is alive, and there (roaming)."""
+        """An authentic packet from ``addr``: the peer is alive, and maybe there (roaming).
+
+        WireGuard roams to the source of the latest authentic packet.  A peer here may be
+        reachable over several paths at once (relayed while a punched path opens), so the
+        move is ranked: to an equal or better path at once, to a worse one only when the
+        current address has been silent for PATH_STALE_AFTER.
+        """
         peer.last_received = now
-        if addr != peer.addr:
-            old, peer.addr = peer.addr, addr
-            if peer.connected:
-                self.events.append(PeerAddressChanged(peer.peer_id, old, addr))
+        if addr == peer.addr:
+            peer.addr_heard = now
+            return
+        rank = self._path_rank
+        if (
+            peer.connected
+            and rank(addr) > rank(peer.addr)
+            and now - peer.addr_heard < PATH_STALE_AFTER
+        ):
+            return
+        old, peer.addr = peer.addr, addr
+        peer.addr_heard = now
+        if peer.connected:
+            self.events.append(PeerAddressChanged(peer.peer_id, old, addr))
 
     def confirmed(self, peer: Peer, *, initiator: bool, rtt: float) -> None:
         """A new keypair now seals our traffic: PeerConnected the first time, else Rekeyed."""

@@ -27,6 +27,7 @@ from p2pd.endpoint import (
     Rekeyed,
 )
 from p2pd.identity import Identity
+from p2pd.peer import PATH_STALE_AFTER
 from p2pd.session import REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, NoSessionKeys, SessionLimits
 
 E = TypeVar("E")
@@ -56,9 +57,14 @@ def identity(seed: int) -> Identity:
 
 
 def endpoint(
-    seed: int, params: derive.Params = PARAMS, limits: SessionLimits | None = None
+    seed: int,
+    params: derive.Params = PARAMS,
+    limits: SessionLimits | None = None,
+    path_rank: Callable[[Addr], int] | None = None,
 ) -> Endpoint:
-    return Endpoint(params, identity(seed), now=0.0, rng=seeded(seed), limits=limits)
+    return Endpoint(
+        params, identity(seed), now=0.0, rng=seeded(seed), limits=limits, path_rank=path_rank
+    )
 
 
 @dataclass
@@ -477,6 +483,63 @@ def test_roaming_peer_keeps_its_session_and_is_reported() -> None:
     net.run(1.0)
     assert net.log[-1].dst == new_b or any(s.dst == new_b for s in net.log)
     assert net.of(B, DataReceived) == [DataReceived(net.nodes[A].identity.public, b"follows it")]
+
+
+#: A relayed path (worse) and a direct one (better) for the ranked-roaming tests.
+RELAYED: Addr = ("100::7:1:0:1", 1)
+
+
+def relay_is_worse(addr: Addr) -> int:
+    return 4 if addr[0].startswith("100::") else 0
+
+
+def ranked_pair() -> Net:
+    """A and B connected over B's relayed address, A ranking it below direct ones."""
+    net = Net()
+    net.add(A, endpoint(1, path_rank=relay_is_worse))
+    net.add(B, endpoint(2))
+    net.alias[RELAYED] = B
+    net.source[B] = RELAYED
+    net.connect(A, RELAYED)
+    net.run(1.0)
+    assert net.of(A, PeerConnected)[0].addr == RELAYED
+    return net
+
+
+def test_a_better_path_takes_over_from_a_relayed_one() -> None:
+    net = ranked_pair()
+    net.source.pop(B)  # B now reaches A directly
+    net.send(B, A, b"direct")
+    net.run(1.0)
+    b_key = net.nodes[B].identity.public
+    assert net.of(A, PeerAddressChanged) == [PeerAddressChanged(b_key, RELAYED, B)]
+
+
+def test_a_worse_path_does_not_pull_the_peer_back_while_the_better_one_lives() -> None:
+    net = ranked_pair()
+    net.source.pop(B)
+    net.send(B, A, b"direct")
+    net.run(1.0)
+    net.source[B] = RELAYED  # a straggler on the relay
+    net.send(B, A, b"late relayed")
+    net.run(1.0)
+    b_key = net.nodes[B].identity.public
+    assert net.nodes[A].peers[b_key].addr == B
+    assert len(net.of(A, PeerAddressChanged)) == 1
+    assert DataReceived(b_key, b"late relayed") in net.of(A, DataReceived)
+
+
+def test_a_worse_path_takes_over_once_the_better_one_is_stale() -> None:
+    net = ranked_pair()
+    net.source.pop(B)
+    net.send(B, A, b"direct")
+    net.run(1.0)
+    net.now += PATH_STALE_AFTER + 1.0  # the direct path went quiet
+    net.source[B] = RELAYED
+    net.send(B, A, b"relayed again")
+    net.run(1.0)
+    b_key = net.nodes[B].identity.public
+    assert net.nodes[A].peers[b_key].addr == RELAYED
 
 
 def test_a_forged_packet_from_another_address_does_not_move_the_peer() -> None:
