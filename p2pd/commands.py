@@ -20,7 +20,7 @@ import trio
 
 from p2pd import messages
 from p2pd.errors import P2pdError
-from p2pd.node import Delivered, MessageIn, Node, PeerDown, PeerUp
+from p2pd.node import Delivered, MessageIn, Node, PathChanged, PeerDown, PeerUp
 
 #: Exit code after SIGTERM (128 + 15, as shells report it).
 EXIT_TERMINATED = 143
@@ -60,6 +60,20 @@ def _peer_up(output: Output, event: PeerUp) -> None:
         },
         f"p2pd: connected to {event.fingerprint} via {event.path} "
         f"({event.addr[0]}:{event.addr[1]}) in {event.elapsed * 1000:.0f} ms",
+        status=True,
+    )
+
+
+def _path_changed(output: Output, event: PathChanged) -> None:
+    output.event(
+        {
+            "event": "path",
+            "peer": event.fingerprint,
+            "path": event.path,
+            "from": event.old_path,
+            "addr": f"{event.addr[0]}:{event.addr[1]}",
+        },
+        f"p2pd: {event.fingerprint} now via {event.path} (was {event.old_path})",
         status=True,
     )
 
@@ -139,6 +153,8 @@ async def run_send(node: Node, text: str, timeout: float, output: Output) -> int
                         f"(rtt {event.rtt * 1000:.1f} ms)",
                         status=True,
                     )
+                elif isinstance(event, PathChanged):
+                    _path_changed(output, event)
                 elif isinstance(event, PeerDown) and event.peer_id == target and not delivered:
                     target = None  # it went away before acknowledging: wait for another
                 if delivered and peer_role is not None and (peer_role != "send" or peer_done):
@@ -168,6 +184,8 @@ async def run_listen(node: Node, count: int | None, timeout: float | None, outpu
                 if isinstance(event, PeerUp):
                     _peer_up(output, event)
                     node.send_message(event.peer_id, messages.hello("listen"))
+                elif isinstance(event, PathChanged):
+                    _path_changed(output, event)
                 elif isinstance(event, MessageIn) and _message(output, event):
                     received += 1
                     if count is not None and received >= count:
@@ -227,6 +245,8 @@ async def run_chat(node: Node, output: Output, stdin: TextIO = sys.stdin) -> int
                         deliver(event.peer_id, line)
                 elif isinstance(event, MessageIn):
                     _message(output, event)
+                elif isinstance(event, PathChanged):
+                    _path_changed(output, event)
                 elif isinstance(event, Delivered):
                     pending.discard((event.peer_id, event.message_id))
                 elif isinstance(event, PeerDown):

@@ -87,11 +87,22 @@ class PeerDown:
 
 
 @dataclass(frozen=True, slots=True)
+class PathChanged:
+    """A connected peer is now reached another way (an upgrade, or a fallback)."""
+
+    peer_id: bytes
+    fingerprint: str
+    old_path: str
+    path: str
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Nothing happened to a peer; the application asked to be woken (see Node.kick)."""
 
 
-NodeEvent = PeerUp | MessageIn | Delivered | PeerDown | Tick
+NodeEvent = PeerUp | MessageIn | Delivered | PeerDown | PathChanged | Tick
 
 
 @dataclass(slots=True)
@@ -112,6 +123,11 @@ class NodeConfig:
     beacons: bool = True
     mdns: bool = True
     targets: Sequence[Addr] = field(default_factory=tuple)  # explicit candidates (--target)
+    stun: Sequence[Addr] = field(default_factory=tuple)  # STUN servers (--stun); none by default
+    assists: Sequence[Addr] = field(default_factory=tuple)  # assist relays (--assist)
+    portmap: bool = True  # ask the gateway for a port mapping (UPnP, NAT-PMP, PCP)
+    tcp: bool = True  # listen on TCP and fall back to it when UDP fails
+    offer: Sequence[Candidate] = field(default_factory=tuple)  # from --offer
 
 
 class Node:
@@ -375,6 +391,7 @@ __all__ = [
     "Node",
     "NodeConfig",
     "NodeEvent",
+    "PathChanged",
     "PeerDown",
     "PeerUp",
     "fingerprint",

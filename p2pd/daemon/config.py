@@ -20,6 +20,11 @@ silently changes behaviour.  Example (see docs/daemon.md)::
     mdns = true
     beacons = true
 
+    stun = ["stun.example.net:3478"]   # STUN servers (none by default)
+    assists = ["relay.example.net:7000"]  # assist relays (p2pd relay)
+    upnp = true                     # ask the gateway for a port mapping
+    tcp = true                      # TCP listener and fallback
+
     [[sessions]]
     passphrase_file = "~/.config/p2pd/team.phrase"
 
@@ -57,7 +62,9 @@ LOOPBACK_NAMES = frozenset({"localhost"})
 
 _TOP_KEYS = frozenset({"log_level", "api", "node", "sessions"})
 _API_KEYS = frozenset({"address", "allow_remote"})
-_NODE_KEYS = frozenset({"interfaces", "mdns", "beacons", "port", "targets"})
+_NODE_KEYS = frozenset(
+    {"interfaces", "mdns", "beacons", "port", "targets", "stun", "assists", "upnp", "tcp"}
+)
 _SESSION_KEYS = frozenset({"passphrase_file"})
 
 
@@ -203,6 +210,10 @@ def load(args: argparse.Namespace) -> DaemonConfig:
     targets_text = list(getattr(args, "target", None) or node_table.get("targets") or [])
     if not all(isinstance(t, str) for t in targets_text):
         raise ConfigError("config: node.targets must be a list of HOST:PORT strings")
+    stun_text = _address_list(args, node_table, "stun", "stun")
+    assist_text = _address_list(args, node_table, "assist", "assists")
+    upnp = _typed(node_table, "upnp", bool, "node")
+    tcp = _typed(node_table, "tcp", bool, "node")
     mdns = _typed(node_table, "mdns", bool, "node")
     beacons = _typed(node_table, "beacons", bool, "node")
     node = NodeConfig(
@@ -211,6 +222,10 @@ def load(args: argparse.Namespace) -> DaemonConfig:
         mdns=not getattr(args, "no_mdns", False) and mdns is not False,
         beacons=not getattr(args, "no_beacon", False) and beacons is not False,
         targets=tuple(_parse_target(t) for t in targets_text),
+        stun=tuple(_parse_target(t) for t in stun_text),
+        assists=tuple(_parse_target(t) for t in assist_text),
+        portmap=not getattr(args, "no_upnp", False) and upnp is not False,
+        tcp=not getattr(args, "no_tcp", False) and tcp is not False,
     )
     return DaemonConfig(
         api=api,
@@ -219,3 +234,13 @@ def load(args: argparse.Namespace) -> DaemonConfig:
         node=node,
         passphrase_files=passphrase_files,
     )
+
+
+def _address_list(
+    args: argparse.Namespace, node_table: dict[str, Any], option: str, key: str
+) -> list[str]:
+    """HOST:PORT strings from ``--option`` (repeatable) or the file's ``node.key`` list."""
+    texts = list(getattr(args, option, None) or node_table.get(key) or [])
+    if not all(isinstance(t, str) for t in texts):
+        raise ConfigError(f"config: node.{key} must be a list of HOST:PORT strings")
+    return texts

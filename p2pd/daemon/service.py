@@ -29,7 +29,7 @@ from p2pd import messages
 from p2pd.derive import Params, derive
 from p2pd.errors import LocalError, WeakPassphraseError
 from p2pd.identity import Identity
-from p2pd.node import Delivered, MessageIn, Node, NodeConfig, PeerDown, PeerUp
+from p2pd.node import Delivered, MessageIn, Node, NodeConfig, PathChanged, PeerDown, PeerUp
 from p2pd.passphrase import MAX_PASSPHRASE_BYTES
 
 from .logs import event as log_event
@@ -262,6 +262,11 @@ class Service:
                 self._on_delivered(session, ev)
             elif isinstance(ev, PeerDown):
                 self._on_peer_down(session, ev)
+            elif isinstance(ev, PathChanged):
+                addr = f"{ev.addr[0]}:{ev.addr[1]}"
+                fields = {"peer": ev.fingerprint, "path": ev.path, "from": ev.old_path}
+                session.record("path", {**fields, "addr": addr})
+                log_event(logging.INFO, "path_changed", session=session.id, **fields)
             session.wake()
 
     def _on_peer_up(self, session: Session, ev: PeerUp) -> None:
