@@ -8,6 +8,16 @@ namespace* with its peer created directly in the switch's namespace
 in, or is moved out of, the root namespace. Routers masquerade with nftables; loss is an
 nftables ``numgen`` drop in the receiving namespace's prerouting hook (this kernel has no netem).
 
+Loss per datagram under UDP GSO: a sender using ``UDP_SEGMENT`` (p2pd's node does) hands the
+kernel up to 64 datagrams as one skb, and a veth passes that skb along whole, so nftables sees,
+counts and drops the batch as one packet (measured: 200 sends of 50 datagrams reached the
+receiver's prerouting hook as 200 packets, and 10 % loss dropped whole batches of 50). Every lab
+veth end therefore gets ``gso_max_segs`` `WIRE_GSO_MAX_SEGS` (1): the kernel segments a batch in
+software as it leaves the sender, as a real NIC would on the wire, so hooks, NAT and loss see
+each datagram (then 10,000 packets, and 10 % loss left 9,016 of 10,000). ``ethtool -K IF gso
+off`` does not do this (the batch still crossed as one skb); ``tx-udp-segmentation off`` does
+but needs ethtool. ``Lab(segment_offload=True)`` keeps the kernel default.
+
 Invariants:
 
 - Only addresses inside `ALLOWED_NETWORKS` are ever assigned, and only inside lab namespaces.
@@ -32,17 +42,23 @@ import functools
 import ipaddress
 import os
 import secrets
-import selectors
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from .netns import LAB_NAMESPACE_PREFIX, LabError, check_prefix, destroy_prefix, run_command
+from .netns import (
+    LAB_NAMESPACE_PREFIX,
+    LabError,
+    check_prefix,
+    destroy_prefix,
+    run_command,
+)
+from .netns import (
+    read_line as read_line,  # re-exported: lab users read process output with it
+)
 from .nodes import (
-    ALLOWED_NETWORKS,
     IFNAME_PATTERN,
     NODE_NAME_PATTERN,
     Attachment,
@@ -50,6 +66,7 @@ from .nodes import (
     Nat,
     Router,
     Segment,
+    allowed,
 )
 
 # Hex digits of randomness in a generated prefix: 2**24 labs make a collision negligible.
@@ -62,17 +79,32 @@ PERCENT = 100
 DEFAULT_TIMEOUT = 10.0
 # nftables masquerade flavour per NAT kind: plain masquerade keeps the source port when it can,
 # which makes Linux NAT endpoint-independent for UDP; fully-random picks a port per flow
-# (endpoint-dependent, "symmetric").
-MASQUERADE = {"eim": "masquerade", "edm": "masquerade random,fully-random"}
+# (endpoint-dependent, "symmetric"). The UDP-blocking firewall NATs TCP like a home router.
+MASQUERADE = {
+    "eim": "masquerade",
+    "edm": "masquerade random,fully-random",
+    "udp-blocked": "masquerade",
+}
+# Forward-chain rules placed before the stateful accept, per router kind: the UDP-blocking
+# firewall drops UDP both ways, replies included (TCP, ICMP and everything else pass).
+FORWARD_FIRST = {"eim": "", "edm": "", "udp-blocked": "meta l4proto udp drop"}
+# Datagrams a lab veth may carry in one skb: 1 makes the kernel cut GSO batches before the
+# wire, so nftables hooks (loss, counters, NAT) act per datagram (see the module docstring).
+WIRE_GSO_MAX_SEGS = 1
+# A host's interface on an IPv6 segment skips duplicate address detection (no one else
+# claims lab addresses), so the address is usable at once instead of after about 1-2 s.
+IPV6_NODAD = "nodad"
 
 
 class Lab:
     """A set of namespaces sharing one prefix; a context manager that always tears down."""
 
-    def __init__(self, prefix: str | None = None) -> None:
+    def __init__(self, prefix: str | None = None, *, segment_offload: bool = False) -> None:
+        """segment_offload=False (default) cuts GSO batches per datagram on every veth."""
         self.prefix = check_prefix(
             prefix or LAB_NAMESPACE_PREFIX + secrets.token_hex(PREFIX_RANDOM_BYTES)
         )
+        self.segment_offload = segment_offload
         self.hosts: dict[str, Host] = {}
         self.segments: dict[str, Segment] = {}
         self.processes: list[subprocess.Popen[Any]] = []
@@ -111,10 +143,10 @@ class Lab:
         return host
 
     def segment(self, name: str, subnet: str) -> Segment:
-        """A new bridge in its own namespace; hosts `attach` to it."""
+        """A new bridge in its own namespace; hosts `attach` to it. IPv4 or IPv6 (one family)."""
         self._check_new_name(name)
-        network = ipaddress.IPv4Network(subnet)
-        if not any(network.subnet_of(allowed) for allowed in ALLOWED_NETWORKS):
+        network = ipaddress.ip_network(subnet)
+        if not allowed(network):
             raise LabError(f"subnet {network} is outside the lab's allowed networks")
         netns = self._new_namespace(f"sw-{name}")
         segment = Segment(name, netns, network)
@@ -143,14 +175,33 @@ class Lab:
             ["ip", "-n", host.netns, "link", "add", ifname, "type", "veth",
              "peer", "name", port, "netns", segment.netns]
         )  # fmt: skip
+        if not self.segment_offload:
+            for netns, dev in ((host.netns, ifname), (segment.netns, port)):
+                run_command(
+                    ["ip", "-n", netns, "link", "set", dev, "gso_max_segs", str(WIRE_GSO_MAX_SEGS)]
+                )
         run_command(["ip", "-n", segment.netns, "link", "set", port, "master", "br0", "up"])
-        prefixlen = str(segment.subnet.prefixlen)
-        run_command(["ip", "-n", host.netns, "addr", "add", f"{ip}/{prefixlen}", "dev", ifname])
+        self._add_address(host, ifname, segment, str(ip))
         run_command(["ip", "-n", host.netns, "link", "set", ifname, "up"])
         host.attachments.append(Attachment(segment, ifname, str(ip)))
         if segment.gateway is not None and segment.gateway != str(ip):
             self._default_route(host, segment.gateway)
         return str(ip)
+
+    def _add_address(self, host: Host, ifname: str, segment: Segment, address: str) -> None:
+        flags = [IPV6_NODAD] if segment.subnet.version == 6 else []
+        run_command(
+            ["ip", "-n", host.netns, "addr", "add", f"{address}/{segment.subnet.prefixlen}",
+             "dev", ifname, *flags]
+        )  # fmt: skip
+
+    def add_address(self, host: Host, segment: Segment, address: str) -> str:
+        """Give host a further address on a segment it is attached to (a multi-homed server)."""
+        attachment = host.on(segment)
+        ip = str(segment.allocate(address))
+        self._add_address(host, attachment.ifname, segment, ip)
+        host.extra_addresses.append(ip)
+        return ip
 
     def _default_route(self, host: Host, gateway: str) -> None:
         if host.has_default_route:
@@ -171,13 +222,17 @@ class Lab:
         """A forwarding host between wan and lan; LAN hosts route via it.
 
         nat="eim": ``masquerade`` (endpoint-independent mapping); nat="edm":
-        ``masquerade random,fully-random`` (endpoint-dependent, "symmetric"); None: plain routing.
+        ``masquerade random,fully-random`` (endpoint-dependent, "symmetric"); nat="udp-blocked":
+        like "eim" for TCP, but no UDP is forwarded either way; None: plain routing.
         With NAT, unsolicited inbound forwarding from the WAN is dropped, as in a home router.
+        Routers are IPv4 only (NAT66 is not a home-network case worth modelling).
         The router gets a default route only if wan itself has a router (nested NAT).
         Addresses not given are the lowest free ones (so a router made first on a LAN is ``.1``).
         """
         if lan.gateway is not None:
             raise LabError(f"segment {lan.name} already has a router")
+        if wan.subnet.version != 4 or lan.subnet.version != 4:
+            raise LabError(f"router {name}: routers join IPv4 segments only")
         self._check_new_name(name)
         router = Router(name, self._new_namespace(name), nat=nat)
         self.hosts[name] = router
@@ -200,6 +255,7 @@ class Lab:
                 table inet lab_router {{
                     chain lab_fwd {{
                         type filter hook forward priority filter; policy accept;
+                        {FORWARD_FIRST[nat]}
                         ct state established,related accept
                         iifname "wan0" drop
                     }}
@@ -264,10 +320,31 @@ class Lab:
             """,
         )
 
-    def _replace_table(self, host: Host, table: str, body: str) -> None:
+    def cut_udp(self, segment: Segment, a: str, b: str) -> None:
+        """Drop UDP between addresses a and b (both ways) on segment's switch, until `heal`.
+
+        A bridge-family rule in the switch namespace: the hosts, their conntrack and NAT see
+        nothing, as when a path in the middle of the internet loses the packets.
+        """
+        switch = Host(f"sw-{segment.name}", segment.netns)
+        pairs = ((a, b), (b, a))
+        rules = "\n".join(
+            f"ip saddr {src} ip daddr {dst} meta l4proto udp drop" for src, dst in pairs
+        )
+        hook = "type filter hook forward priority filter; policy accept;"
+        chain = f"chain lab_fwd {{\n{hook}\n{rules}\n}}"
+        self._replace_table(switch, "lab_cut", chain, family="bridge")
+
+    def heal(self, segment: Segment) -> None:
+        """Remove what `cut_udp` put on segment's switch."""
+        self._replace_table(
+            Host(f"sw-{segment.name}", segment.netns), "lab_cut", "", family="bridge"
+        )
+
+    def _replace_table(self, host: Host, table: str, body: str, *, family: str = "inet") -> None:
         # Declare, delete and re-create in one transaction: atomic, and works on first use.
-        self.nft(host, f"table inet {table} {{}}\ndelete table inet {table}\n"
-                       f"table inet {table} {{\n{body}\n}}\n")  # fmt: skip
+        self.nft(host, f"table {family} {table} {{}}\ndelete table {family} {table}\n"
+                       f"table {family} {table} {{\n{body}\n}}\n")  # fmt: skip
 
     # --- processes ---------------------------------------------------------------------------
 
@@ -331,38 +408,6 @@ class Lab:
                 if pipe is not None:
                     pipe.close()
         destroy_prefix(self.prefix)
-
-
-def read_line(
-    proc: subprocess.Popen[str] | subprocess.Popen[bytes],
-    timeout: float = DEFAULT_TIMEOUT,
-    *,
-    stderr: bool = False,
-) -> str:
-    """Read one line from proc's stdout (or stderr) pipe; LabError if none within timeout.
-
-    Reads the raw pipe a byte at a time, so nothing is left hidden in a Python buffer and a
-    later `read_line` or ``communicate()`` sees the rest.
-    """
-    pipe = proc.stderr if stderr else proc.stdout
-    name = "stderr" if stderr else "stdout"
-    if pipe is None:
-        raise LabError(f"process has no {name} pipe")
-    fd = pipe.fileno()
-    what = " ".join(map(str, proc.args[3:5])) if isinstance(proc.args, list) else proc.args
-    deadline = time.monotonic() + timeout
-    line = bytearray()
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                raise LabError(f"no line from {what!r} within {timeout} s (got {line!r})")
-            byte = os.read(fd, 1)
-            if not byte:
-                raise LabError(f"{what!r} closed {name} (exit {proc.poll()}, got {line!r})")
-            line += byte
-    return line.decode().rstrip("\n")
 
 
 @functools.cache

@@ -9,6 +9,8 @@ file. Invariants:
 - Nothing here creates, moves or deletes an interface. The only mutation is ``ip netns del``
   on names matching the lab pattern, after killing the processes still inside those namespaces.
 - The root namespace is only ever read.
+
+`read_line` (re-exported by `lab`) reads one line of a lab process's output without buffering.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ KILL_WAIT = 2.0
 KILL_ROUNDS = 3
 # How long one `ip`/`nft`/`sysctl` call may take before we call the kernel or the tool stuck.
 COMMAND_TIMEOUT = 10.0
+# Default seconds `read_line` waits for a line.
+READ_TIMEOUT = 10.0
 
 
 class LabError(Exception):
@@ -175,3 +179,35 @@ def destroy_all_labs() -> list[str]:
     for prefix in list_labs():
         deleted.extend(destroy_prefix(prefix))
     return deleted
+
+
+def read_line(
+    proc: subprocess.Popen[str] | subprocess.Popen[bytes],
+    timeout: float = READ_TIMEOUT,
+    *,
+    stderr: bool = False,
+) -> str:
+    """Read one line from proc's stdout (or stderr) pipe; LabError if none within timeout.
+
+    Reads the raw pipe a byte at a time, so nothing is left hidden in a Python buffer and a
+    later `read_line` or ``communicate()`` sees the rest.
+    """
+    pipe = proc.stderr if stderr else proc.stdout
+    name = "stderr" if stderr else "stdout"
+    if pipe is None:
+        raise LabError(f"process has no {name} pipe")
+    fd = pipe.fileno()
+    what = " ".join(map(str, proc.args[3:5])) if isinstance(proc.args, list) else proc.args
+    deadline = time.monotonic() + timeout
+    line = bytearray()
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise LabError(f"no line from {what!r} within {timeout} s (got {line!r})")
+            byte = os.read(fd, 1)
+            if not byte:
+                raise LabError(f"{what!r} closed {name} (exit {proc.poll()}, got {line!r})")
+            line += byte
+    return line.decode().rstrip("\n")

@@ -3,8 +3,9 @@
 Theory of operation: a preset only calls the public `Lab` API, so what `tools/netlab up` shows
 by hand is exactly what a test gets. Addresses are fixed (not auto-allocated) so people and later
 configs can name them; the public server sits at 203.0.113.1, where LAB-NOTES runs coturn.
-To add a topology (miniupnpd gateway, coturn, tor, IPv6-only), write a function taking a `Lab`
-and register it in `PRESETS`.
+To add a topology, write a function taking a `Lab` and register it in `PRESETS`. The
+reachability matrix's cells (`matrix.build_cell`, with coturn, miniupnpd and the assist relay)
+are built from the same pieces and constants.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ LAN2_SUBNET = "10.7.0.0/24"
 PUBLIC_SUBNET = "203.0.113.0/24"
 # The public host (STUN/TURN/rendezvous server in later presets).
 PUBLIC_SERVER = "203.0.113.1"
+# The IPv6-only segment of `lan2-v6`: a /64 of the documentation prefix (RFC 3849).
+LAN2_V6_SUBNET = "2001:db8:7::/64"
 # Home LANs behind the two routers: (segment, LAN subnet, router, router WAN address, peer host).
 HOMES = (
     ("home1", "10.1.0.0/24", "rtr1", "203.0.113.11", "alice"),
@@ -33,6 +36,17 @@ def lan2(lab: Lab) -> None:
     lan = lab.segment("lan", LAN2_SUBNET)
     for name in ("host1", "host2"):
         lab.attach(lab.host(name), lan)
+
+
+def lan2_v6(lab: Lab) -> None:
+    """host1 (2001:db8:7::1) and host2 (2001:db8:7::2) on one IPv6-only bridged segment `lan6`.
+
+    No IPv4 at all (only loopback's 127.0.0.1) and no router: link-local fe80:: addresses and
+    the two documentation addresses are all there is, as on an IPv6-only LAN.
+    """
+    lan6 = lab.segment("lan6", LAN2_V6_SUBNET)
+    for name in ("host1", "host2"):
+        lab.attach(lab.host(name), lan6)
 
 
 def two_homes(lab: Lab, nat: Nat) -> None:
@@ -53,4 +67,6 @@ PRESETS: dict[str, Callable[[Lab], None]] = {
     "lan2": lan2,
     "nat-eim": partial(two_homes, nat="eim"),
     "nat-edm": partial(two_homes, nat="edm"),
+    "nat-udp-blocked": partial(two_homes, nat="udp-blocked"),
+    "lan2-v6": lan2_v6,
 }

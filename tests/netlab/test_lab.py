@@ -19,6 +19,7 @@ from .fixtures import require_lab
 from .lab import Lab, read_line
 from .netns import LabError, list_labs, list_namespaces
 from .nodes import Host
+from .p2pd_procs import add_counters, read_counter
 from .presets import PRESETS
 
 pytestmark = pytest.mark.netlab
@@ -223,6 +224,123 @@ def test_block_udp_on_a_router_stops_forwarded_udp(lab: Lab) -> None:
     sink = start_sink(lab, lab.hosts["server"], SINK_PORT, CONTROL_PORT, idle=0.5)
     blast(lab, lab.hosts["alice"], lab.hosts["server"], 20)
     assert sink_result(sink) == []
+
+
+# One TCP connection: the server prints the peer address it saw, the client the reply.
+TCP_SERVER = r"""
+import socket
+s = socket.create_server(("0.0.0.0", 5000)); print("ready", flush=True)
+c, peer = s.accept(); c.sendall(c.recv(100).upper()); print(peer[0], flush=True)
+"""
+TCP_CLIENT = r"""
+import socket, sys
+c = socket.create_connection((sys.argv[1], 5000), timeout=5); c.sendall(b"syn")
+print(c.recv(100).decode())
+"""
+
+
+def test_udp_blocked_router_forwards_no_udp(lab: Lab) -> None:
+    PRESETS["nat-udp-blocked"](lab)
+    sink = start_sink(lab, lab.hosts["server"], SINK_PORT, CONTROL_PORT, idle=0.5)
+    blast(lab, lab.hosts["alice"], lab.hosts["server"], 20)
+    assert sink_result(sink) == []
+
+
+def test_udp_blocked_router_still_forwards_tcp_behind_its_nat(lab: Lab) -> None:
+    PRESETS["nat-udp-blocked"](lab)
+    server = lab.python(lab.hosts["server"], TCP_SERVER)
+    assert read_line(server) == "ready"
+    argv = [sys.executable, "-c", TCP_CLIENT, lab.hosts["server"].ip]
+    assert lab.check_output(lab.hosts["alice"], argv).strip() == "SYN"
+    assert read_line(server) == "203.0.113.11"  # masqueraded, as by a home router
+
+
+def test_ipv6_only_segment_carries_udp_and_has_no_ipv4(lab: Lab) -> None:
+    PRESETS["lan2-v6"](lab)
+    a, b = lab.hosts["host1"], lab.hosts["host2"]
+    assert (a.ip, b.ip) == ("2001:db8:7::1", "2001:db8:7::2")
+    echo = lab.python(b, """
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(("::", 5000))
+print("ready", flush=True)
+data, peer = s.recvfrom(100); s.sendto(data.upper(), peer)
+""")  # fmt: skip
+    assert read_line(echo) == "ready"
+    client = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(5)
+s.sendto(b"ping", (sys.argv[1], 5000)); data, peer = s.recvfrom(100)
+print(data.decode(), peer[0])
+"""
+    out = lab.check_output(a, [sys.executable, "-c", client, b.ip])
+    assert out.split() == ["PING", b.ip]
+    for host in (a, b):
+        v4 = json.loads(lab.check_output(host, ["ip", "-j", "-4", "addr", "show"]))
+        assert [i["local"] for link in v4 for i in link.get("addr_info", [])] == ["127.0.0.1"]
+        assert route_get(lab, host, "2001:4860:4860::8888") is None
+        assert route_get(lab, host, "1.1.1.1") is None
+
+
+def test_ipv6_outside_the_documentation_prefix_is_refused(lab: Lab) -> None:
+    with pytest.raises(LabError, match="outside"):
+        lab.segment("ula", "fd00:1::/64")
+
+
+# Sends argv[2] GSO batches of argv[3] 1,200-byte datagrams (UDP_SEGMENT, as p2pd's node does).
+GSO_BLAST = r"""
+import socket, struct, sys
+ip, batches, per_batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(batches):
+    s.sendmsg([b"x" * 1200 * per_batch], [(socket.SOL_UDP, 103, struct.pack("=H", 1200))],
+              0, (ip, 5000))
+"""
+GSO_BATCHES = 20
+GSO_PER_BATCH = 50
+
+
+def gso_packets_seen(lab: Lab) -> int:
+    """Blast GSO batches host1 -> host2; the packets host2's prerouting hook saw."""
+    a, b = lan(lab)
+    add_counters(lab, b, "probe", "prerouting", {"gso": f"udp dport {SINK_PORT}"})
+    argv = [sys.executable, "-c", GSO_BLAST, b.ip, str(GSO_BATCHES), str(GSO_PER_BATCH)]
+    lab.check_output(a, argv)
+    return read_counter(lab, b, "probe", "gso")
+
+
+def test_gso_batches_cross_the_lab_as_single_datagrams(lab: Lab) -> None:
+    assert gso_packets_seen(lab) == GSO_BATCHES * GSO_PER_BATCH
+
+
+def test_with_segment_offload_a_gso_batch_crosses_as_one_packet() -> None:
+    """The control: what per-datagram loss would face without WIRE_GSO_MAX_SEGS."""
+    require_lab()
+    with Lab(segment_offload=True) as lab:
+        assert gso_packets_seen(lab) == GSO_BATCHES
+
+
+def test_cut_udp_drops_between_two_public_addresses_until_healed(lab: Lab) -> None:
+    PRESETS["nat-eim"](lab)
+    pub, server = lab.segments["pub"], lab.hosts["server"]
+    lab.cut_udp(pub, "203.0.113.11", server.ip)
+    sink = start_sink(lab, server, SINK_PORT, CONTROL_PORT, idle=0.5)
+    blast(lab, lab.hosts["alice"], server, 20)
+    blast(lab, lab.hosts["bob"], server, 20)
+    assert {ip for _, ip, _, _ in sink_result(sink)} == {"203.0.113.12"}
+    lab.heal(pub)
+    sink = start_sink(lab, server, SINK_PORT, CONTROL_PORT)
+    blast(lab, lab.hosts["alice"], server, 20)
+    assert len(sink_result(sink)) == 20
+
+
+def test_a_second_address_on_a_host_answers(lab: Lab) -> None:
+    PRESETS["nat-eim"](lab)
+    server = lab.hosts["server"]
+    assert lab.add_address(server, lab.segments["pub"], "203.0.113.2") == "203.0.113.2"
+    sink = start_sink(lab, server, SINK_PORT, CONTROL_PORT)
+    argv = [sys.executable, "-c", BLAST, "203.0.113.2", "5", str(SINK_PORT), str(CONTROL_PORT)]
+    lab.check_output(lab.hosts["alice"], argv)
+    assert len(sink_result(sink)) == 5
 
 
 def test_teardown_removes_every_namespace_even_when_the_body_raises() -> None:
