@@ -13,7 +13,8 @@ only.
 
 Every frame starts ``0x07 · op · 0x00 0x00``; integers are big-endian; no frame is ever 20
 bytes long (so it can never pass the node's STUN test).  An address is
-``family u8 (4|6) · port u16 · ip (4|16 bytes)``: 7 or 19 bytes; port 0 is invalid.
+``family u8 (4|6) · port u16 · ip (4|16 bytes)``: 7 or 19 bytes; port 0 is invalid, and so
+is an IPv4-mapped IPv6 address (IPv4 is always family 4).
 
 =============  ===  =========  ==================================================================
 frame          op   direction  body after the header
@@ -209,6 +210,8 @@ def decode_addr_untrusted(data: bytes, offset: int) -> tuple[Addr, int]:
         raise BadFrame("short_addr")
     packed = bytes(data[start : start + size])
     ip = ipaddress.IPv4Address(packed) if size == 4 else ipaddress.IPv6Address(packed)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        raise BadFrame("mapped_addr")  # IPv4 has its own family: one encoding per address
     return (str(ip), port), start + size
 
 
