@@ -56,6 +56,7 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
+from p2pd import vaddr
 from p2pd.errors import LocalError
 from p2pd.subkeys import offer_key
 from p2pd.tags import TAG_EPOCH_SECONDS
@@ -137,6 +138,8 @@ def _pack_candidate(candidate: Candidate) -> bytes:
         raise OfferError(f"offer candidates must be IP addresses, not {host!r}") from None
     if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
         raise OfferError(f"a scoped address ({host}) means nothing to a remote peer")
+    if vaddr.parse(candidate.addr) is not None:
+        raise OfferError(f"a virtual address ({host}) means nothing to a remote peer")
     if not 0 < port <= MAX_PORT:
         raise OfferError(f"port {port} is out of range")
     kind = candidate.rank | (KIND_IPV6 if ip.version == 6 else 0)

@@ -176,7 +176,13 @@ class TcpLinks:
             if not socket.has_ipv6:
                 family, bind_host, dual = socket.AF_INET, "0.0.0.0", False  # noqa: S104  (a peer-to-peer node listens on all interfaces)
         else:
-            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+            try:
+                version = ipaddress.ip_address(host).version
+            except ValueError:
+                raise LocalError(
+                    f"TCP listen address must be an IP address, not {host!r}"
+                ) from None
+            family = socket.AF_INET6 if version == 6 else socket.AF_INET
             bind_host, dual = host, False
         sock = trio.socket.socket(family, socket.SOCK_STREAM)
         try:

@@ -62,6 +62,9 @@ class Recorder:
             while not condition():
                 await self._changed.wait()
 
+    async def wait_received(self, link: int, count: int) -> None:
+        await self.wait_for(lambda: len(self.received.get(link, ())) >= count)
+
     def links(self, **kwargs: int | float) -> TcpLinks:
         return TcpLinks(
             on_datagram=self.on_datagram,
@@ -123,20 +126,23 @@ async def test_thousands_of_datagrams_cross_both_ways_intact_and_in_order() -> N
         (back,) = server.opened
         assert client.opened[link] == (("127.0.0.1", port), False)
         assert server.opened[back][1] is True
-        batches = 30
-        for turn in range(batches):
+        sent_out: list[bytes] = []
+        sent_home: list[bytes] = []
+        for _ in range(30):
             out = [rng.randbytes(rng.randint(1, 1200)) for _ in range(100)]
             home = [rng.randbytes(rng.randint(1, 1200)) for _ in range(100)]
             assert all([await b.send(link, item) for item in out])
             assert all([await a.send(back, item) for item in home])
-            await server.wait_for(lambda turn=turn: len(server.received[back]) == 100 * (turn + 1))
-            await client.wait_for(lambda turn=turn: len(client.received[link]) == 100 * (turn + 1))
-            assert server.received[back][-100:] == out
-            assert client.received[link][-100:] == home
+            sent_out += out
+            sent_home += home
+            await server.wait_received(back, len(sent_out))
+            await client.wait_received(link, len(sent_home))
         big = rng.randbytes(MAX_DATAGRAM)
         assert await b.send(link, big)
-        await server.wait_for(lambda: len(server.received[back]) == 100 * batches + 1)
-        assert server.received[back][-1] == big
+        sent_out.append(big)
+        await server.wait_received(back, len(sent_out))
+        assert server.received[back] == sent_out
+        assert client.received[link] == sent_home
     assert a.counters["send_dropped_full"] == b.counters["send_dropped_full"] == 0
     assert server.out_of_order == client.out_of_order == []
 
@@ -200,8 +206,11 @@ async def test_cancelling_run_closes_every_link_and_leaves_no_task() -> None:
     a, b = server.links(), client.links()
     async with running(a) as port:
         async with running(b, serve=False):
-            ids = [await b.connect(("127.0.0.1", port), PATIENCE) for _ in range(3)]
-            assert None not in ids
+            ids: list[int] = []
+            for _ in range(3):
+                link = await b.connect(("127.0.0.1", port), PATIENCE)
+                assert link is not None
+                ids.append(link)
             await server.wait_for(lambda: len(server.opened) == 3)
             assert any(name.endswith("_link_task") for name in _task_names())
         # b's run was cancelled: its links closed, and a sees every peer hang up.
@@ -310,3 +319,12 @@ async def test_serving_or_connecting_without_run_is_a_local_error() -> None:
         await links.connect(("127.0.0.1", 1), 1.0)
     with pytest.raises(LocalError):
         await links.serve(0)
+
+
+async def test_a_listen_host_must_be_an_ip_address() -> None:
+    links = Recorder().links()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(links.run)
+        with pytest.raises(LocalError, match="IP address"):
+            await links.serve(0, host="localhost")
+        nursery.cancel_scope.cancel()

@@ -28,6 +28,7 @@ from p2pd.offer import (
     parse_offer_untrusted,
 )
 from p2pd.subkeys import offer_key
+from p2pd.vaddr import tcp_addr
 from transports.base import PATHS, Candidate
 
 KEY = params_from_master(bytes(32)).tag_key
@@ -222,6 +223,7 @@ def test_a_ciphertext_sealed_for_another_purpose_does_not_open() -> None:
         ([Candidate(("peer.example", 1), "direct", 0.0)], {}),
         ([Candidate(("fe80::1%eth0", 1), "lan", 0.0)], {}),
         ([Candidate(("10.0.0.1", 0), "lan", 0.0)], {}),
+        ([Candidate(tcp_addr(7), "tcp", 0.0)], {}),
         (THREE_V4, {"ttl": 0}),
         (THREE_V4, {"ttl": 365 * 86400.0}),
         (THREE_V4, {"resume": b""}),
