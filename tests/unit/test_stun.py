@@ -237,10 +237,12 @@ def test_attributes_after_message_integrity_are_ignored_except_fingerprint() -> 
 
 
 def test_fingerprint_must_be_last() -> None:
-    data = bytearray(binding_request(TID) + struct.pack("!HH", ATTR_SOFTWARE, 0))
-    struct.pack_into("!H", data, 2, len(data) - 20)
-    with pytest.raises(BadFrame, match="fingerprint"):
-        parse_untrusted(bytes(data))
+    # A correct FINGERPRINT (the length field counts the attribute after it) not at the end.
+    header = struct.pack("!HH", 0x0001, 12) + b"\x21\x12\xa4\x42" + TID
+    crc = zlib.crc32(header) ^ 0x5354554E
+    fingerprint = struct.pack("!HHI", ATTR_FINGERPRINT, 4, crc)
+    with pytest.raises(BadFrame, match="stun_fingerprint_not_last"):
+        parse_untrusted(header + fingerprint + struct.pack("!HH", ATTR_SOFTWARE, 0))
 
 
 def test_generated_integrity_and_fingerprint_verify() -> None:
@@ -578,3 +580,21 @@ def test_prober_never_raises_on_network_input(
         data = struct.pack("!HH", 0x0101, len(body)) + r1[4:20] + body
     prober.receive_untrusted(data, addr, 0.1)
     prober.receive_untrusted(data, S1, 0.1)
+
+
+def test_only_the_first_other_address_of_a_round_is_followed() -> None:
+    prober = StunProber([S1, S2], 0.0)
+    (r1, _), (r2, _) = prober.datagrams_to_send(0.0)
+    prober.receive_untrusted(answer(r1, WAN, other=("203.0.113.2", 3479)), S1, 0.1)
+    prober.receive_untrusted(answer(r2, WAN, other=("203.0.113.1", 3479)), S2, 0.1)
+    assert [to for _, to in prober.datagrams_to_send(0.1)] == [("203.0.113.2", 3479)]
+    assert prober.counters["other_address_probe"] == 1
+
+
+def test_other_address_of_another_family_is_not_followed() -> None:
+    prober = StunProber([S1], 0.0)
+    [(r1, _)] = prober.datagrams_to_send(0.0)
+    prober.receive_untrusted(answer(r1, WAN, other=("2001:db8::2", 3479)), S1, 0.1)
+    assert prober.datagrams_to_send(0.1) == []
+    assert prober.counters["other_address_unusable"] == 1
+    assert prober.done
