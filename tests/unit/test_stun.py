@@ -598,3 +598,54 @@ def test_other_address_of_another_family_is_not_followed() -> None:
     assert prober.datagrams_to_send(0.1) == []
     assert prober.counters["other_address_unusable"] == 1
     assert prober.done
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 3, allow_nan=False),  # time step
+            st.sampled_from(["timer", "answer", "error", "garbage", "wrong_source"]),
+            st.integers(0, 1),  # which server
+        ),
+        max_size=40,
+    )
+)
+def test_any_schedule_gives_each_server_one_outcome_and_one_classification(
+    steps: list[tuple[float, str, int]],
+) -> None:
+    servers = [S1, S2]
+    prober = StunProber(servers, 0.0)
+    now, sent, got = 0.0, dict.fromkeys(servers, 0), []
+    requests: dict[tuple[str, int], bytes] = {}
+
+    def pump() -> None:
+        for data, to in prober.datagrams_to_send(now):
+            sent[to] += 1
+            requests[to] = data
+        got.extend(events(prober))
+
+    pump()
+    for step, action, index in steps:
+        now += step
+        server = servers[index]
+        if action == "timer":
+            timer = prober.get_timer()
+            if timer is not None and timer <= now:
+                prober.handle_timer(now)
+        elif action == "garbage":
+            prober.receive_untrusted(requests[server][:-4], server, now)
+        else:
+            data = answer(requests[server], WAN, error=400 if action == "error" else None)
+            source = servers[1 - index] if action == "wrong_source" else server
+            prober.receive_untrusted(data, source, now)
+        pump()
+    while (timer := prober.get_timer()) is not None:  # let the round run out
+        now = max(now, timer)
+        prober.handle_timer(now)
+        pump()
+    assert all(count <= MAX_TRIES for count in sent.values())
+    outcomes = [e.server for e in got if isinstance(e, Mapped | ServerFailed)]
+    assert sorted(outcomes) == sorted(servers)
+    assert [type(e) for e in got].count(Classified) == 1
+    assert isinstance(got[-1], Classified)
