@@ -334,6 +334,11 @@ RTO = 0.25
 MAX_TRIES = 6
 #: Longest wait between two transmissions (the doubling stops here), seconds.
 RTO_MAX = 2.0
+#: Seconds between probing rounds the node starts with :meth:`StunProber.restart`: a home
+#: router's public address can change (DHCP lease, carrier-grade NAT), and RFC 4787 (REQ-5)
+#: lets an idle UDP mapping expire after 2 minutes and recommends 5; 5 minutes also matches
+#: the rendezvous tag epoch, so a fresh address is ready when peers re-register.
+REPROBE_INTERVAL = 300.0
 #: Destinations added from one OTHER-ADDRESS (RFC 5780): its IP with the server's port and
 #: with its own port, so one RFC 5780 server is enough to tell all mapping behaviours apart.
 #: Only the first OTHER-ADDRESS of a round is followed: a forged one costs two small datagrams.
