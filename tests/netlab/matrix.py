@@ -35,6 +35,7 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from typing import Literal
 from .lab import Lab
 from .netns import LabError
 from .nodes import Host, Nat, Router, Segment
-from .p2pd_procs import REPO, P2pd, finish
+from .p2pd_procs import REPO, P2pd
 from .presets import HOMES, PUBLIC_SERVER, PUBLIC_SUBNET
 
 Kind = Literal["lan", "eim", "upnp", "edm", "blocked"]
@@ -268,11 +269,12 @@ def wait_udp_bound(
 
 @dataclass(frozen=True)
 class PeerRun:
-    """What one ``p2pd send --json`` printed and how it ended."""
+    """What one ``p2pd send --json`` printed, when (seconds after its spawn), and its exit."""
 
     rc: int
     events: list[dict[str, object]]
     stderr: str
+    seen_at: list[float] = field(default_factory=list)  # per event, seconds after spawn
 
     def first(self, event: str) -> dict[str, object] | None:
         return next((e for e in self.events if e.get("event") == event), None)
@@ -285,9 +287,19 @@ class PeerRun:
 
     @property
     def connect_ms(self) -> float | None:
-        """Milliseconds from node start to the peer's handshake (``connected``'s elapsed_ms)."""
+        """The node's own time to connect (``connected``'s elapsed_ms: from the winning
+        candidate's discovery to the handshake; 0 on the side that answered it)."""
         connected = self.first("connected")
         return None if connected is None else float(str(connected["elapsed_ms"]))
+
+    @property
+    def connected_after_ms(self) -> float | None:
+        """Wall time from spawning the process to its ``connected`` line (process start and
+        the Argon2id derivation included: compare with the lan/lan cell, the baseline)."""
+        for event, at in zip(self.events, self.seen_at, strict=True):
+            if event.get("event") == "connected":
+                return round(at * 1000, 1)
+        return None
 
     @property
     def received(self) -> list[str]:
@@ -299,15 +311,54 @@ def parse_events(out: bytes) -> list[dict[str, object]]:
     return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
 
 
+class _Watch:
+    """Reads one process's stdout lines (time-stamped on arrival) and stderr in threads.
+
+    Two processes run at once and either may fill a pipe while the other is waited for;
+    threads drain both, and the stamps give the wall time of each JSON event.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.started = time.monotonic()
+        self.lines: list[tuple[float, bytes]] = []
+        self.err = b""
+        self.threads = [
+            threading.Thread(target=self._read_out, daemon=True),
+            threading.Thread(target=self._read_err, daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append((time.monotonic() - self.started, line))
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        self.err = self.proc.stderr.read()
+
+    def result(self, timeout: float) -> PeerRun:
+        """Wait for the exit (killing the process after timeout) and return the run."""
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        for thread in self.threads:
+            thread.join(timeout)
+        kept = [(at, line) for at, line in self.lines if line.strip()]
+        events = [json.loads(line) for _, line in kept]
+        return PeerRun(rc, events, self.err.decode(errors="replace"), [at for at, _ in kept])
+
+
 def run_cell(cell: Cell, p2pd: P2pd, phrase: str) -> tuple[PeerRun, PeerRun]:
     """``p2pd send`` on alice and bob at once, each sending one line; both runs' results."""
-    procs = [
-        p2pd.start(host, "send", phrase, f"from {host.name}", *cell.wan_flags(),
-                   "--json", "--timeout", str(SEND_TIMEOUT))
+    watches = [
+        _Watch(p2pd.start(host, "send", phrase, f"from {host.name}", *cell.wan_flags(),
+                          "--json", "--timeout", str(SEND_TIMEOUT)))
         for host in (cell.alice, cell.bob)
     ]  # fmt: skip
-    runs = []
-    for proc in procs:
-        rc, out, err = finish(proc, SEND_TIMEOUT + EXIT_GRACE)
-        runs.append(PeerRun(rc, parse_events(out), err))
-    return runs[0], runs[1]
+    alice, bob = (watch.result(SEND_TIMEOUT + EXIT_GRACE) for watch in watches)
+    return alice, bob

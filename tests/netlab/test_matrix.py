@@ -124,10 +124,11 @@ def test_cell_delivers_both_messages_over_the_best_path(
     require_services(left, right)
     cell = build_cell(lab, left, right, state_dir=tmp_path / "assist")
     alice, bob = run_cell(cell, P2pd(lab, tmp_path), fresh_passphrase())
-    print(
-        f"cell {cell.name}: alice {alice.path} in {alice.connect_ms} ms, "
-        f"bob {bob.path} in {bob.connect_ms} ms"
-    )
+    for name, run in (("alice", alice), ("bob", bob)):
+        print(
+            f"cell {cell.name}: {name} {run.path}, connect {run.connect_ms} ms "
+            f"({run.connected_after_ms} ms after spawn)"
+        )
     assert alice.rc == 0, alice.stderr
     assert bob.rc == 0, bob.stderr
     assert alice.received == ["from bob"]
