@@ -120,6 +120,11 @@ class Counts:
     bytes: int
 
 
+def _meta(row: tuple[bytes, bytes, int, int, str, int]) -> StoredEnvelope:
+    ident, author, seq, ts, kind, size = row
+    return StoredEnvelope(bytes(ident), bytes(author), int(seq), int(ts), str(kind), int(size))
+
+
 def default_store_path(space_id: bytes, data_dir: Path | None = None) -> Path:
     """Where the store of ``space_id`` lives: under the XDG data dir unless told otherwise."""
     base = data_dir or Path(platformdirs.user_data_dir("p2pd", appauthor=False))
@@ -234,6 +239,15 @@ class Store:
         row = self._db.execute("SELECT blob FROM envelopes WHERE id = ?", (envelope_id,)).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
 
+    def get_meta(self, envelope_id: bytes) -> StoredEnvelope | None:
+        """The clear columns of a held envelope (None if unknown or pruned)."""
+        row = self._db.execute(
+            "SELECT id, author, seq, ts, kind, size FROM envelopes"
+            " WHERE id = ? AND blob IS NOT NULL",
+            (envelope_id,),
+        ).fetchone()
+        return None if row is None else _meta(row)
+
     def version_vector(self) -> dict[bytes, int]:
         """Author -> highest seq up to which every envelope has been stored."""
         rows = self._db.execute("SELECT author, contiguous FROM authors")
@@ -265,11 +279,7 @@ class Store:
         if kind is not None:
             query += " AND kind = ?"
             args = (kind,)
-        rows = self._db.execute(query + " ORDER BY ts, id", args)
-        return [
-            StoredEnvelope(bytes(i), bytes(a), int(s), int(t), str(k), int(z))
-            for i, a, s, t, k, z in rows
-        ]
+        return [_meta(row) for row in self._db.execute(query + " ORDER BY ts, id", args)]
 
     # -- chunks -------------------------------------------------------------------
 

@@ -42,6 +42,10 @@ def test_put_is_idempotent_and_get_returns_the_blob(store: Store) -> None:
     assert store.has(sealed.id) and store.get(sealed.id) == sealed.blob
     assert store.get(b"\0" * 32) is None and not store.has(b"\0" * 32)
     assert store.stats["duplicate"] == 1
+    meta = store.get_meta(sealed.id)
+    assert meta is not None and (meta.author, meta.seq, meta.kind) == (ALICE.public, 1, "msg")
+    assert meta.size == len(sealed.blob) and store.get_meta(b"\0" * 32) is None
+    assert store.list_envelopes() == [meta] and store.list_envelopes("file") == []
 
 
 def test_equivocation_keeps_the_first_envelope(store: Store) -> None:
