@@ -131,6 +131,8 @@ class _Relay:
                     channel.send_nowait(encode_frame(data))
                 except trio.WouldBlock:
                     self.counters["drop_tcp_queue_full"] += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.counters["drop_tcp_gone"] += 1
                 continue
             try:
                 self.udp.sendto(data, self._target(dest.host, dest.port))
@@ -182,7 +184,11 @@ class _Relay:
             if len(self.conns) >= MAX_CONNECTIONS:
                 self.counters["tcp_refused"] += 1
                 return
-            host, port = normalize(stream.socket.getpeername())
+            try:
+                host, port = normalize(stream.socket.getpeername())
+            except OSError:  # reset before we looked
+                self.counters["tcp_error"] += 1
+                return
             endpoint = Endpoint(host, port, stream=True)
             send, receive = trio.open_memory_channel[bytes](TCP_QUEUE)
             self.conns[endpoint] = send

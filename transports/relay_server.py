@@ -19,8 +19,9 @@ What it guarantees, whatever arrives:
   BLAKE2b of the tag and the endpoint under a random secret that rotates every
   ``cookie_rotation`` seconds (the previous secret is still accepted).
 * **Bounded memory and work.**  At most ``max_registrations`` registrations and as many
-  client records, ``max_per_ip`` client records per IP (per /64 for IPv6), ``max_per_tag``
-  registrants per tag, ``MAX_QUEUE`` frames waiting for the driver.
+  client records, ``max_per_ip`` client records per IP (per /64 for IPv6), each under at
+  most ``max_tags_per_client`` tags, ``max_per_tag`` registrants per tag, ``MAX_QUEUE``
+  frames waiting for the driver.
 * **Bounded relaying per registrant** (a client endpoint, across its tags): a token bucket of
   ``packets_per_second``, and ``bytes_per_window`` payload bytes per ``byte_window`` (a fixed
   window from the client's first registration).  A client record that relayed bytes outlives
@@ -53,6 +54,9 @@ DEFAULT_MAX_REGISTRATIONS = 10_000
 DEFAULT_MAX_PER_IP = 32
 #: Registrants per tag: one passphrase's group, and what one REGISTERED can list.
 DEFAULT_MAX_PER_TAG = wire.MAX_LISTED + 1
+#: Tags one client endpoint may be registered under: the current and the next epoch's near a
+#: boundary, and slack for a restart; without it one source could fill the table with tags.
+DEFAULT_MAX_TAGS_PER_CLIENT = 4
 #: Relayed packets per second per registrant, and the burst: about 5 MB/s of 1232-byte
 #: datagrams, so a 20 MiB transfer takes seconds, while one registrant cannot hog the CPU.
 DEFAULT_PACKETS_PER_SECOND = 4000.0
@@ -99,6 +103,7 @@ class RelayConfig:
     max_registrations: int = DEFAULT_MAX_REGISTRATIONS
     max_per_ip: int = DEFAULT_MAX_PER_IP
     max_per_tag: int = DEFAULT_MAX_PER_TAG
+    max_tags_per_client: int = DEFAULT_MAX_TAGS_PER_CLIENT
     packets_per_second: float = DEFAULT_PACKETS_PER_SECOND
     packet_burst: float = DEFAULT_PACKET_BURST
     bytes_per_window: int = DEFAULT_BYTES_PER_WINDOW
@@ -108,7 +113,8 @@ class RelayConfig:
     def __post_init__(self) -> None:
         if not 3 <= self.lifetime <= wire.MAX_LIFETIME:
             raise LocalError(f"lifetime must be 3..{wire.MAX_LIFETIME} s, got {self.lifetime}")
-        if min(self.max_registrations, self.max_per_ip, self.max_per_tag) < 1:
+        limits = (self.max_registrations, self.max_per_ip, self.max_per_tag)
+        if min(*limits, self.max_tags_per_client) < 1:
             raise LocalError("registration limits must be at least 1")
         if self.max_per_tag > DEFAULT_MAX_PER_TAG:
             raise LocalError(f"max_per_tag cannot exceed {DEFAULT_MAX_PER_TAG}")
@@ -267,6 +273,8 @@ class RelayServer:
                 raise BadFrame("ip_full")
             client = self._clients[endpoint] = _Client(endpoint, config, now)
             self._per_ip[key] += 1
+        elif len(client.regs) >= config.max_tags_per_client:
+            raise BadFrame("client_tags_full")
         reg = _Registration(self._new_slot(), tag, client, now + config.lifetime)
         self._by_key[tag, endpoint] = reg
         self._slots[reg.slot] = reg

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 
+import pytest
 import trio
 import trio.testing
 
 from p2pd.derive import params_from_master
+from p2pd.errors import LocalError
 from p2pd.relayd import RelayConfig, RelayRunning, serve_relay
+from p2pd.subkeys import relay_tag
+from p2pd.tags import epoch_of
 from transports.framing import FrameDecoder, encode_frame
 from transports.relay_client import Delivered, Event, PeerSeen, Registered, RelayClient
 
@@ -47,8 +52,9 @@ class Client:
             self.stream = await trio.open_tcp_stream(*self.relay)
             self.local = self.stream.socket.getsockname()[:2]
         else:
-            self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            await self.sock.bind(LOOPBACK)
+            family = socket.AF_INET6 if ":" in self.relay[0] else socket.AF_INET
+            self.sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+            await self.sock.bind((self.relay[0], 0))
             self.local = self.sock.getsockname()[:2]
         self.core = RelayClient(self.relay, self.tag_key, trio.current_time(), self.wall())
         self.scope = trio.CancelScope()
@@ -113,8 +119,10 @@ class Client:
         return [e for e in self.events if isinstance(e, Registered)]
 
 
-async def start_relay(nursery: trio.Nursery, config: RelayConfig = FAST) -> RelayRunning:
-    running: RelayRunning = await nursery.start(serve_relay, LOOPBACK, config)
+async def start_relay(
+    nursery: trio.Nursery, config: RelayConfig = FAST, bind: Addr = LOOPBACK
+) -> RelayRunning:
+    running: RelayRunning = await nursery.start(serve_relay, bind, config)
     return running
 
 
@@ -266,3 +274,57 @@ async def test_garbage_on_both_sockets_is_counted_and_the_relay_keeps_working() 
         a, b = await pair(nursery, relay)
         assert a.seen() and b.seen()
         nursery.cancel_scope.cancel()
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
+async def test_ipv6_clients_meet_and_relay() -> None:
+    async with trio.open_nursery() as nursery:
+        relay = await start_relay(nursery, bind=("::1", 0))
+        assert relay.addr[0] == "::1"
+        a, b = await pair(nursery, relay, tcp_b=True)
+        assert list(a.seen().values()) == [b.local]
+        assert list(b.seen().values()) == [a.local]
+        (slot_b,) = a.seen()
+        await a.send(slot_b, payload(7))
+        await b.wait_for(lambda: len(b.delivered()) == 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_logs_carry_counters_but_no_tag_payload_or_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="p2pd.relay")
+    secret_payload = b"\xab" * 64
+    async with trio.open_nursery() as nursery:
+        relay = await start_relay(nursery)
+        a, b = await pair(nursery, relay)
+        (slot_b,) = a.seen()
+        await a.send(slot_b, secret_payload)
+        await b.wait_for(lambda: len(b.delivered()) == 1)
+        nursery.cancel_scope.cancel()
+    text = caplog.text
+    assert "relayed=1" in text
+    tag = relay_tag(KEY, epoch_of(WALL0))
+    for secret in (tag.hex(), tag[:4].hex(), secret_payload.hex()[:16], str(a.local[1])):
+        assert secret not in text
+
+
+async def test_a_bind_address_that_is_not_an_ip_is_a_local_error() -> None:
+    with pytest.raises(LocalError):
+        await serve_relay(("localhost", 0), FAST)
+
+
+async def test_a_port_in_use_is_a_local_error() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(LOOPBACK)
+        with pytest.raises(LocalError):
+            await serve_relay(taken.getsockname(), FAST)

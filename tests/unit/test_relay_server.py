@@ -232,6 +232,13 @@ def test_total_and_per_tag_registrations_are_limited() -> None:
     assert server.registrations == 3 and server.counters["drop_registrations_full"] == 1
 
 
+def test_tags_per_client_are_limited() -> None:
+    server = make(RelayConfig(max_tags_per_client=2))
+    for i in range(3):
+        register(server, A, bytes([i]) * 16)
+    assert server.registrations == 2 and server.counters["drop_client_tags_full"] == 1
+
+
 def test_one_client_may_register_two_tags_with_one_budget() -> None:
     server = make()
     register(server, A, TAG)
@@ -316,6 +323,7 @@ def test_forget_drops_every_registration_of_a_closed_connection() -> None:
         {"lifetime": 2},
         {"lifetime": 2**16},
         {"max_per_ip": 0},
+        {"max_tags_per_client": 0},
         {"max_per_tag": wire.MAX_LISTED + 2},
         {"bytes_per_window": 100},
         {"packets_per_second": 0.0},
