@@ -46,6 +46,21 @@ refreshes every third of it.  ``count`` is at most :data:`MAX_LISTED`.  Reserved
 (header bytes 2-3, padding, unknown flag bits) must be zero.  The payload of SEND and
 DELIVER is a whole p2pd datagram: at least 32 bytes (a DATA keepalive) and at most 1444 so a
 DELIVER fits a 1500-byte IPv6 packet.  Anything else is a BadFrame, dropped and counted.
+
+The cookie is the relay's own business (clients echo it): :mod:`transports.relay_server` uses
+``BLAKE2b(key=secret, data="p2pd v1 relay cookie" || tag || addr || stream u8, 16)``, where
+``addr`` is the address encoding above and ``stream`` is 1 for a TCP connection; ``secret``
+is 32 random bytes, rotated every 120 s, the previous one still accepted.
+
+Timers and limits (defaults, in :mod:`transports.relay_server` and
+:mod:`transports.relay_client`): lifetime 60 s, refreshed every lifetime/3; unanswered
+REGISTERs repeated after 1, 2, 4 ... 30 s; a client registers the tags of every epoch within
+60 s of its wall clock (two near a boundary); per relay 10000 registrations, 32 client
+endpoints per IP (IPv6: per /64), 4 tags per endpoint, 32 registrants per tag; per
+registrant (client endpoint) 4000 packets/s with bursts of 1000 and 256 MiB relayed per
+hour.  A REGISTER refused by a limit, and a SEND refused by a rule or limit, get no answer.
+Over TCP each frame is carried by :mod:`transports.framing` (2-byte length prefix), and the
+endpoint is the connection: its registrations end when it closes.
 """
 
 from __future__ import annotations

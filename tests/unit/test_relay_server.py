@@ -450,3 +450,14 @@ def test_any_sequence_keeps_tags_apart_and_limits_in_force(ops: list[tuple[objec
         live = {e for (_t, e), expiry in alive.items() if expiry > now}
         by_ip = collections.Counter(e.host for e in live)
         assert all(n <= config.max_per_ip for n in by_ip.values())
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    """transports/relay_wire.py's docstring (copied to docs/protocol.md) states these."""
+    config = RelayConfig()
+    assert (config.lifetime, config.cookie_rotation) == (60, 120.0)
+    assert (config.max_registrations, config.max_per_ip) == (10_000, 32)
+    assert (config.max_tags_per_client, config.max_per_tag) == (4, 32)
+    assert (config.packets_per_second, config.packet_burst) == (4000.0, 1000.0)
+    assert (config.bytes_per_window, config.byte_window) == (256 * 2**20, 3600.0)
+    assert "rotated every 120 s" in (wire.__doc__ or "")
