@@ -382,6 +382,8 @@ class PortMapCore:
         """When :meth:`handle_timer` (or :meth:`datagrams_to_send`) has work, or None."""
         if self.state in (State.CLOSED, State.FAILED):
             return None
+        if self.state is State.RENEWING:
+            return min(self._due, self.expires_at)
         if self._pending:
             return self._due
         return min(self.renew_at, self.expires_at)
@@ -411,10 +413,12 @@ class PortMapCore:
             name = table.get(answer.result, f"result {answer.result}")
             self._fail(f"{self.method}: {name}", answer.result)
             return
+        asked_address = self.method == "natpmp" and self._pending[1] == OP_EXTERNAL_ADDRESS
         self._pending = b""
-        if self.state is State.ADDRESS:
+        if asked_address:
             self.external_ip = answer.external_ip
-            self._move(State.MAPPING)
+            if self.state is State.ADDRESS:
+                self._move(State.MAPPING)
             self._request(self._map_request(self.lifetime), now)
             return
         if answer.lifetime == 0:
