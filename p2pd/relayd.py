@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import trio
 
 from p2pd.errors import BadFrame, LocalError
+from p2pd.ratelimit import bucket_key
 from p2pd.udp import normalize
 from transports.framing import MAX_DATAGRAM, FrameDecoder, encode_frame
 from transports.relay_server import Endpoint, RelayConfig, RelayServer
@@ -38,6 +39,7 @@ __all__ = ["RelayConfig", "RelayRunning", "serve_relay"]
 log = logging.getLogger("p2pd.relay")
 
 #: TCP connections served at once; more are closed at once (each costs a task and buffers).
+#: Per source IP the limit is the config's ``max_per_ip``, so one host cannot take them all.
 MAX_CONNECTIONS = 1024
 #: Frames queued per TCP connection before further frames to it are dropped.
 TCP_QUEUE = 256
@@ -113,6 +115,8 @@ class _Relay:
         self.running = running
         self.counters = running.driver_counters
         self.conns: dict[Endpoint, trio.MemorySendChannel[bytes]] = {}
+        #: Open connections per source IP (IPv6: per /64), capped like registrations.
+        self.per_ip: collections.Counter[bytes] = collections.Counter()
 
     def _target(self, host: str, port: int) -> tuple[str, int]:
         if self.dual_stack and "." in host and ":" not in host:
@@ -189,9 +193,14 @@ class _Relay:
             except OSError:  # reset before we looked
                 self.counters["tcp_error"] += 1
                 return
+            key = bucket_key(host)
+            if self.per_ip[key] >= self.server.config.max_per_ip:
+                self.counters["tcp_refused_ip"] += 1
+                return
             endpoint = Endpoint(host, port, stream=True)
             send, receive = trio.open_memory_channel[bytes](TCP_QUEUE)
             self.conns[endpoint] = send
+            self.per_ip[key] += 1
             self.counters["tcp_accepted"] += 1
             try:
                 async with trio.open_nursery() as nursery:
@@ -200,6 +209,9 @@ class _Relay:
                     nursery.cancel_scope.cancel()
             finally:
                 del self.conns[endpoint]
+                self.per_ip[key] -= 1
+                if not self.per_ip[key]:
+                    del self.per_ip[key]
                 self.server.forget(endpoint, trio.current_time())
 
     async def _reader(self, stream: trio.SocketStream, endpoint: Endpoint) -> None:

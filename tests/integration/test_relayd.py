@@ -328,3 +328,18 @@ async def test_a_port_in_use_is_a_local_error() -> None:
         taken.bind(LOOPBACK)
         with pytest.raises(LocalError):
             await serve_relay(taken.getsockname(), FAST)
+
+
+async def test_tcp_connections_per_source_ip_are_limited() -> None:
+    config = RelayConfig(max_per_ip=2)
+    async with trio.open_nursery() as nursery:
+        relay = await start_relay(nursery, config)
+        streams = [await trio.open_tcp_stream(*relay.addr) for _ in range(3)]
+        with trio.fail_after(TIMEOUT):
+            assert await streams[2].receive_some(1) == b""  # closed by the relay
+        await trio.testing.wait_all_tasks_blocked(0.05)
+        assert relay.counters()["tcp_refused_ip"] == 1
+        assert relay.counters()["tcp_accepted"] == 2
+        for stream in streams:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
