@@ -18,6 +18,7 @@ from ethersync.envelope import (
 from ethersync.keys import DeviceKey, SpaceKeys, load_or_create_device
 from ethersync.manifest import Assembler, Manifest, Offer, manifest_untrusted, publish_file
 from ethersync.store import Counts, Retention, Store, StoredEnvelope, default_store_path
+from p2pd.identity import fingerprint
 
 __all__ = [
     "CHUNK_SIZE",
@@ -36,6 +37,7 @@ __all__ = [
     "StoredEnvelope",
     "default_store_path",
     "envelope_id",
+    "fingerprint",
     "load_or_create_device",
     "manifest_untrusted",
     "open_untrusted",

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import platformdirs
 
-from ethersync.envelope import KIND_FILE, Envelope
+from ethersync.envelope import KIND_FILE, Envelope, envelope_id
 from p2pd.errors import LocalError, StateDirError
 from p2pd.paths import ensure_state_dir
 
@@ -149,13 +149,19 @@ class Store:
             self._db = sqlite3.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StateDirError(f"cannot open store {path}: {exc}") from None
+        try:
+            self._setup()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StateDirError(f"store {path} is not usable ({exc}); move it away") from None
+
+    def _setup(self) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, SCHEMA_VERSION):
-            self._db.close()
-            raise StateDirError(f"store {path} has schema {version}, expected {SCHEMA_VERSION}")
+            raise sqlite3.DatabaseError(f"schema {version}, expected {SCHEMA_VERSION}")
         with self._transaction():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -186,6 +192,8 @@ class Store:
 
     def put_envelope(self, envelope: Envelope, blob: bytes) -> bool:
         """Store an opened envelope; True if it was new, after it is durably committed."""
+        if envelope_id(blob) != envelope.id:
+            raise LocalError("the blob is not the one the envelope was opened from")
         with self._transaction() as db:
             row = db.execute(
                 "SELECT id FROM envelopes WHERE author = ? AND seq = ?",

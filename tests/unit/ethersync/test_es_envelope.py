@@ -73,6 +73,22 @@ def test_round_trip_and_id_is_the_blob_hash() -> None:
     assert opened.body == {"name": "a", "n": [1, b"2"]}
 
 
+_LEAF = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.binary() | st.text()
+_PLAIN = _LEAF | st.lists(_LEAF, max_size=4) | st.dictionaries(st.text(), _LEAF, max_size=4)
+
+
+@settings(max_examples=200)
+@given(
+    body=st.binary(max_size=2000) | st.dictionaries(st.text(), _PLAIN, max_size=5),
+    seq=st.integers(1, 2**63 - 1),
+    ts=st.integers(0, 2**63 - 1),
+    kind=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=16),
+)
+def test_any_plain_envelope_round_trips(body: object, seq: int, ts: int, kind: str) -> None:
+    sealed = seal(KEYS, ALICE, seq=seq, ts=ts, kind=kind, body=body)  # type: ignore[arg-type]
+    assert open_untrusted(sealed.blob, KEYS) == sealed.envelope
+
+
 def test_blob_shows_no_plaintext_and_fresh_nonces_give_fresh_ids() -> None:
     one, two = _seal(body=b"secret words"), _seal(body=b"secret words")
     assert b"secret words" not in one and ALICE.public not in one

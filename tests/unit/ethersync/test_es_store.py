@@ -16,6 +16,7 @@ import pytest
 from ethersync.envelope import KIND_FILE, KIND_MSG, SealedEnvelope, seal
 from ethersync.keys import DeviceKey, SpaceKeys
 from ethersync.store import Retention, Store, default_store_path
+from p2pd.errors import LocalError, StateDirError
 
 KEYS = SpaceKeys.from_space_key(b"i" * 16, b"k" * 32)
 ALICE = DeviceKey.from_seed(b"a" * 32)
@@ -46,6 +47,29 @@ def test_put_is_idempotent_and_get_returns_the_blob(store: Store) -> None:
     assert meta is not None and (meta.author, meta.seq, meta.kind) == (ALICE.public, 1, "msg")
     assert meta.size == len(sealed.blob) and store.get_meta(b"\0" * 32) is None
     assert store.list_envelopes() == [meta] and store.list_envelopes("file") == []
+
+
+def test_blob_must_match_the_envelope(store: Store) -> None:
+    one, two = _env(1), _env(2)
+    with pytest.raises(LocalError):
+        store.put_envelope(one.envelope, two.blob)
+    assert store.counts().envelopes == 0
+
+
+def test_garbage_file_is_a_state_dir_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StateDirError, match="move it away"):
+        Store(path)
+
+
+def test_unknown_schema_is_a_state_dir_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StateDirError, match="schema 99"):
+        Store(path)
 
 
 def test_equivocation_keeps_the_first_envelope(store: Store) -> None:
