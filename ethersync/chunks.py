@@ -29,6 +29,7 @@ overwritten and a crash never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -78,6 +79,8 @@ _RESERVED = frozenset(
 )
 #: How many ``name (N).ext`` candidates to try before giving up.
 MAX_NAME_ATTEMPTS = 1000
+#: errno values of file systems that cannot hard-link (FAT, some FUSE mounts).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
 #: Mode of a downloaded file: it came from a private space, so it stays private until
 #: its owner decides otherwise.
 DOWNLOAD_FILE_MODE = 0o600
@@ -218,8 +221,27 @@ def _link_free_name(tmp: Path, directory: Path, safe: str) -> Path:
             os.link(tmp, candidate, follow_symlinks=False)
         except FileExistsError:
             continue
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            if not _reserve_and_replace(tmp, candidate):
+                continue
         return candidate
     raise LocalError(f"{MAX_NAME_ATTEMPTS} files named like {safe} exist in {directory}")
+
+
+def _reserve_and_replace(tmp: Path, candidate: Path) -> bool:
+    """For file systems without hard links: claim the name with O_EXCL, then rename onto it.
+
+    The rename replaces only the empty file this call just created, never someone else's;
+    the price is that a crash between the two steps leaves an empty file under the name.
+    """
+    try:
+        os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:
+        return False
+    os.replace(tmp, candidate)
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import unicodedata
@@ -208,3 +209,17 @@ def test_write_refuses_a_symlinked_name_target(tmp_path: Path) -> None:
     written = write_new_file(downloads, "f.txt", [b"new"])
     assert written == downloads / "f (1).txt"
     assert outside.read_bytes() == b"keep"
+
+
+def test_without_hard_links_the_name_is_claimed_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    (tmp_path / "a.txt").write_bytes(b"mine")
+    written = write_new_file(tmp_path, "a.txt", [b"theirs"])
+    assert written == tmp_path / "a (1).txt" and written.read_bytes() == b"theirs"
+    assert (tmp_path / "a.txt").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a (1).txt", "a.txt"]
