@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import tracemalloc
 from pathlib import Path
 
@@ -223,3 +227,48 @@ def test_publish_refuses_a_file_that_changes_meanwhile(
     with pytest.raises(LocalError, match="changed"):
         publish_file(store, KEYS, ALICE, source, ts=1, chunk_size=CHUNK)
     assert store.counts().envelopes == 0
+
+
+_FETCHER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from ethersync.envelope import open_untrusted
+    from ethersync.keys import SpaceKeys
+    from ethersync.manifest import Assembler, manifest_untrusted
+    from ethersync.store import Store
+
+    keys = SpaceKeys.from_space_key(b"i" * 16, b"k" * 32)
+    alice, bob = Store(Path(sys.argv[1])), Store(Path(sys.argv[2]))
+    file_id = bytes.fromhex(sys.argv[3])
+    blob = alice.get(file_id)
+    manifest = manifest_untrusted(open_untrusted(blob, keys))
+    assembler = Assembler(bob, keys, file_id, manifest)
+    while True:  # fetch the same chunks again and again; report each acceptance
+        for digest in assembler.missing():
+            assembler.offer(digest, alice.get_chunk(digest))
+            sys.stdout.write(digest.hex() + "\\n")
+            sys.stdout.flush()
+    """
+)
+
+
+def test_fetcher_killed_mid_download_keeps_every_accepted_chunk(tmp_path: Path) -> None:
+    alice, manifest, file_id = _publish(tmp_path, os.urandom(40 * CHUNK))
+    alice.close()
+    bob_path = tmp_path / "bob.sqlite3"
+    args = [str(tmp_path / "alice.sqlite3"), str(bob_path), file_id.hex()]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _FETCHER, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
+    assert child.stdout is not None
+    accepted = [bytes.fromhex(child.stdout.readline().strip()) for _ in range(17)]
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    resumed = Assembler(Store(bob_path), KEYS, file_id, manifest)
+    assert not set(accepted) & set(resumed.missing())
+    assert len(resumed.missing()) <= 40 - 17
