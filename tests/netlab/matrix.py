@@ -14,6 +14,7 @@ eim      home router, ``masquerade`` (endpoint-independent mapping, filtering by
 upnp     an ``eim`` router running the lab's patched miniupnpd (UPnP IGD, NAT-PMP, PCP)
 edm      ``masquerade random,fully-random``: a new random public port per destination
 blocked  a firewall forwarding no UDP at all; TCP passes, masqueraded
+cgnat    an ``eim`` router running Debian's stock miniupnpd (extra cell, see below)
 ======== ============================================================================
 
 "Same LAN" is a property of the pair, not of one side, so it pairs with every kind instead
@@ -26,6 +27,11 @@ kinds meaningful: 5 where the peers share a LAN, 10 where they sit behind two ro
 allows as the best path, with the reasoning; `run_cell` runs ``p2pd send`` on both peers
 and collects what they printed. Used by ``tests/netlab/test_matrix.py`` and
 ``tools/reachability`` (which writes ``docs/reachability.md``).
+
+One extra cell, `EXTRA_CELLS`, keeps the stock miniupnpd: it refuses its TEST-NET external
+address as reserved, so it answers UPnP and NAT-PMP but grants nothing usable, as a UPnP
+gateway behind carrier-grade NAT does. Paired with ``eim`` it must end ``punched``: p2pd
+has to notice the useless mapping and fall back.
 """
 
 from __future__ import annotations
@@ -47,9 +53,11 @@ from .nodes import Host, Nat, Router, Segment
 from .p2pd_procs import REPO, P2pd
 from .presets import HOMES, PUBLIC_SERVER, PUBLIC_SUBNET
 
-Kind = Literal["lan", "eim", "upnp", "edm", "blocked"]
+Kind = Literal["lan", "eim", "upnp", "edm", "blocked", "cgnat"]
 # The five kinds, in the order the matrix lists them (best-connected first).
 KINDS: tuple[Kind, ...] = ("lan", "eim", "upnp", "edm", "blocked")
+# Cells beyond the 15 of the matrix proper (see the module docstring).
+EXTRA_CELLS: tuple[tuple[Kind, Kind], ...] = (("eim", "cgnat"),)
 # The server's second public address: a second STUN server, for mapping classification.
 SECOND_SERVER = "203.0.113.2"
 SERVER_ADDRESSES = (PUBLIC_SERVER, SECOND_SERVER)
@@ -59,7 +67,13 @@ ASSIST_PORT = 7000
 ASSIST = f"{PUBLIC_SERVER}:{ASSIST_PORT}"
 STUN_SERVERS = tuple(f"{address}:{STUN_PORT}" for address in SERVER_ADDRESSES)
 # The router each non-LAN kind puts in front of its peer (upnp: eim plus miniupnpd).
-ROUTER_NAT: dict[Kind, Nat] = {"eim": "eim", "upnp": "eim", "edm": "edm", "blocked": "udp-blocked"}
+ROUTER_NAT: dict[Kind, Nat] = {
+    "eim": "eim",
+    "upnp": "eim",
+    "edm": "edm",
+    "blocked": "udp-blocked",
+    "cgnat": "eim",
+}
 # The --timeout of each `p2pd send` (seconds): generous, as a relay or TCP fallback comes
 # after the direct attempts have had their turn.
 SEND_TIMEOUT = 60
@@ -112,6 +126,15 @@ def cells() -> list[tuple[Kind, Kind]]:
 
 def expected(left: Kind, right: Kind) -> Expectation:
     """The best path(s) the topology allows each peer, with the reasoning (see module doc)."""
+    if "cgnat" in (left, right):
+        under = expected("eim" if left == "cgnat" else left, "eim" if right == "cgnat" else right)
+        return Expectation(
+            under.left,
+            under.right,
+            "the stock miniupnpd grants no usable mapping (its external address is reserved, "
+            "as behind carrier-grade NAT), so p2pd must fall back to what the eim NAT under "
+            f"it allows: {under.reason}",
+        )
     kinds = {left, right}
     if "lan" in kinds:
         return _both(
@@ -171,12 +194,13 @@ def matrix_unavailable_reason(left: Kind, right: Kind) -> str | None:
     except ImportError as exc:
         return f"needs tests/netlab/coturn.py: {exc}"
     reason = turnserver_missing_reason()
-    if reason is None and "upnp" in (left, right):
-        try:
-            from .miniupnpd import miniupnpd_unavailable_reason
-        except ImportError as exc:
-            return f"needs tests/netlab/miniupnpd.py: {exc}"
-        reason = miniupnpd_unavailable_reason(patched=True)
+    for kind, patched in (("upnp", True), ("cgnat", False)):
+        if reason is None and kind in (left, right):
+            try:
+                from .miniupnpd import miniupnpd_unavailable_reason
+            except ImportError as exc:
+                return f"needs tests/netlab/miniupnpd.py: {exc}"
+            reason = miniupnpd_unavailable_reason(patched=patched)
     return reason
 
 
@@ -188,7 +212,7 @@ def build_cell(
     state_dir holds the assist's state and log (a temporary directory if None). Raises
     LabError when coturn, miniupnpd or the lab build of miniupnpd cannot run here.
     """
-    if (left, right) not in cells():
+    if (left, right) not in cells() + list(EXTRA_CELLS):
         raise LabError(f"no cell {left}/{right}: pass kinds in {KINDS} order (left first)")
     pub = lab.segment("pub", PUBLIC_SUBNET)
     server = lab.host("server")
@@ -220,15 +244,16 @@ def build_cell(
 
 
 def _router(lab: Lab, name: str, pub: Segment, home: Segment, kind: Kind, wan: str) -> Router:
-    """A router of the kind's NAT on pub/home; for upnp also the lab build of miniupnpd."""
+    """A router of the kind's NAT on pub/home; upnp adds the lab miniupnpd, cgnat the stock one."""
     router = lab.router(name, pub, home, ROUTER_NAT[kind], wan_address=wan)
-    if kind == "upnp":
+    if kind in ("upnp", "cgnat"):
         from .miniupnpd import miniupnpd_unavailable_reason, start_miniupnpd
 
-        reason = miniupnpd_unavailable_reason(patched=True)
+        patched = kind == "upnp"
+        reason = miniupnpd_unavailable_reason(patched=patched)
         if reason is not None:
             raise LabError(reason)
-        start_miniupnpd(lab, router, patched=True)
+        start_miniupnpd(lab, router, patched=patched)
     return router
 
 

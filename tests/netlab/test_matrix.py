@@ -1,10 +1,11 @@
 """The reachability matrix in the lab: every pair of network kinds, and a relay-to-punched upgrade.
 
 Each cell (`matrix.cells`: the 15 unordered pairs of lan, eim, upnp, edm, blocked; see
-`tests.netlab.matrix` for what "lan" pairs mean) builds its topology with real coturn,
-miniupnpd and a ``p2pd relay`` assist on the public segment, runs ``p2pd send`` on alice and
-bob at once, and checks both messages arrived and each peer's ``delivered`` path is one the
-topology allows. ``tools/reachability`` runs the same cells and writes docs/reachability.md.
+`tests.netlab.matrix` for what "lan" pairs mean; plus eim/cgnat, the stock miniupnpd) builds
+its topology with real coturn, miniupnpd and a ``p2pd relay`` assist on the public segment,
+runs ``p2pd send`` on alice and bob at once, and checks both messages arrived and each
+peer's ``delivered`` path is one the topology allows. ``tools/reachability`` runs the same
+cells and writes docs/reachability.md.
 
 The upgrade test cuts UDP between the two home routers' public addresses on the public
 switch, so an eim/eim session can only start through the relay; once alice reports it
@@ -29,6 +30,7 @@ from tests.netlab.fixtures import lab  # noqa: F401
 from tests.netlab.lab import Lab, read_line
 from tests.netlab.matrix import (
     EXIT_GRACE,
+    EXTRA_CELLS,
     SERVER_ADDRESSES,
     STUN_PORT,
     Kind,
@@ -76,7 +78,8 @@ def require_services(left: Kind, right: Kind) -> None:
     pytest.skip(reason=reason)
 
 
-CELL_IDS = [f"{a}-{b}" for a, b in cells()]
+ALL_CELLS = [*cells(), *EXTRA_CELLS]
+CELL_IDS = [f"{a}-{b}" for a, b in ALL_CELLS]
 # The RFC 4787 mapping a STUN probe from behind each router kind must report (RFC 5780
 # tests against coturn's two addresses); None: no STUN server can be reached at all.
 STUN_MAPPING: dict[Kind, tuple[str, ...] | None] = {
@@ -84,10 +87,11 @@ STUN_MAPPING: dict[Kind, tuple[str, ...] | None] = {
     "upnp": ("endpoint-independent",),
     "edm": ("address-dependent", "address-and-port-dependent"),
     "blocked": None,
+    "cgnat": ("endpoint-independent",),
 }
 
 
-@pytest.mark.parametrize(("left", "right"), cells(), ids=CELL_IDS)
+@pytest.mark.parametrize(("left", "right"), ALL_CELLS, ids=CELL_IDS)
 def test_cell_topology_is_the_nat_its_kinds_name(
     lab: Lab,  # noqa: F811
     left: Kind,
@@ -114,7 +118,7 @@ def test_cell_topology_is_the_nat_its_kinds_name(
 
 
 @pytest.mark.usefixtures("wan_flags")
-@pytest.mark.parametrize(("left", "right"), cells(), ids=CELL_IDS)
+@pytest.mark.parametrize(("left", "right"), ALL_CELLS, ids=CELL_IDS)
 def test_cell_delivers_both_messages_over_the_best_path(
     lab: Lab,  # noqa: F811
     tmp_path: Path,
