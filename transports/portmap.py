@@ -30,7 +30,7 @@ import os
 import socket
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -161,6 +161,23 @@ async def run_portmap(
                 break
         _record_failure(status, reasons, target, trio.current_time())
         await trio.sleep(RETRY_INTERVAL)
+
+
+@dataclass
+class PortmapTransport:
+    """`run_portmap` as a `transports.base.Transport` for the node's nursery."""
+
+    local_port: int
+    counters: Counter[str]
+    status: PortmapStatus = field(default_factory=PortmapStatus)
+    gateway: str | None = None
+    name: str = "portmap"
+
+    async def run(self, emit: Emit) -> None:
+        """Map and renew until cancelled (see `run_portmap`)."""
+        await run_portmap(
+            self.local_port, emit, counters=self.counters, status=self.status, gateway=self.gateway
+        )
 
 
 def _record_failure(

@@ -17,13 +17,14 @@ import pytest
 import trio
 
 from transports import portmap
-from transports.base import Candidate
+from transports.base import Candidate, Transport
 from transports.natpmp import BEHIND_CGNAT, OP_MAP
 from transports.portmap import (
     MAPPED,
     NO_GATEWAY,
     STARTING,
     PortmapStatus,
+    PortmapTransport,
     default_gateway,
     run_portmap,
 )
@@ -210,3 +211,18 @@ async def _run(
 ) -> None:
     options = {} if methods is None else {"methods": methods}
     await run_portmap(PORT, emit, counters=counters, status=status, gateway="127.0.0.1", **options)
+
+
+async def test_transport_wrapper_runs_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_upnp(*args: object, **kwargs: object) -> str:
+        return "upnp: no gateway answered discovery"
+
+    monkeypatch.setattr(portmap, "run_upnp", no_upnp)
+    transport: Transport = PortmapTransport(PORT, Counter(), gateway="127.0.0.1")
+    emitted: list[Candidate] = []
+    async with trio.open_nursery() as nursery:
+        await start_gateway(nursery, monkeypatch, FakeGateway())
+        nursery.start_soon(transport.run, emitted.append)
+        await wait_until(lambda: bool(emitted))
+        nursery.cancel_scope.cancel()
+    assert transport.name == "portmap" and emitted[0].addr == (PUBLIC, PORT)
