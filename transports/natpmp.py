@@ -23,7 +23,8 @@ IRT of 3 s for PCP) up to a bounded number of attempts, then the core fails with
 Renewal is at half the granted lifetime (RFC 6886 section 3.3, RFC 6887 section 11.2.1),
 asking for the same external port. The server's epoch (seconds since its start) is checked
 on every answer (RFC 6886 section 3.6, RFC 6887 section 8.5): if it went backwards the
-gateway rebooted and lost the mapping, so the core renews at once. A PCP answer must echo
+gateway rebooted, so a NAT-PMP core asks the external address again (it may have changed)
+and maps again; a PCP MAP answer already carries the address. A PCP answer must echo
 our 96-bit nonce; NAT-PMP answers must name our opcode and internal port. Anything else is
 `BadFrame`, which the driver counts and drops.
 """
