@@ -31,7 +31,7 @@ Port prediction
 ---------------
 Against an endpoint-dependent ("symmetric") NAT the peer's port toward *us* differs from
 the one a relay or STUN server saw.  When told ``peer_nat="dependent"``, or when the
-ordinary probes to a candidate went unanswered for :data:`PREDICT_AFTER_TRIES` tries, the
+ordinary probes to a candidate all went unanswered (:data:`PREDICT_AFTER_TRIES`), the
 core sprays probes at the candidate's IP: first the ports within :data:`SPRAY_WINDOW` of
 the observed one (NATs that allocate sequentially land there), then distinct random ports
 in :data:`SPRAY_PORT_LOW`..65535.  It sends at most :data:`SPRAY_RATE` spray probes per
@@ -88,8 +88,11 @@ MAX_TRIES = 12
 #: Seconds to wait for an ACK after a candidate's last probe (or the last spray probe)
 #: before the candidate counts as failed: beyond any sane RTT.
 FINAL_WAIT = 1.0
-#: Unanswered tries to one candidate before port prediction starts (about 1.5 s).
-PREDICT_AFTER_TRIES = 5
+#: Unanswered tries to one candidate before port prediction starts without a hint: all of
+#: them (about 7.5 s), because a peer that merely learned our candidate late (a relay's
+#: PeerSeen arriving seconds apart) is far more common than a symmetric NAT, and a spray
+#: costs up to :data:`SPRAY_BUDGET` packets.
+PREDICT_AFTER_TRIES = MAX_TRIES
 #: With ``peer_nat="dependent"``, seconds before spraying: the peer's own probes must first
 #: create the mapping we are guessing (a hit before that is wasted).
 SPRAY_DELAY = 0.5
@@ -119,6 +122,9 @@ NO_SPRAY_SOURCES = frozenset({"lan", "prflx"})
 DEFAULT_PEER = "peer"
 #: Prefix of peers the core creates for probes from unknown senders.
 PRFLX_PEER_PREFIX = "prflx-"
+
+#: Source reported in :class:`Validated` when a spray probe found the address.
+PREDICTED = "predicted"
 
 NatHint = Literal["independent", "dependent"]
 Rng = Callable[[int], bytes]
@@ -211,7 +217,7 @@ class PunchCore:
         """Forget every peer, probe and event (counters and sender id stay)."""
         self._peers: dict[str, _Peer] = {}
         self._by_sender: dict[bytes, str] = {}
-        self._outstanding: dict[bytes, tuple[str, Addr, float]] = {}
+        self._outstanding: dict[bytes, tuple[str, Addr, float, str]] = {}
         self._seen: collections.deque[bytes] = collections.deque(maxlen=SEEN_TXNS)
         self._seen_set: set[bytes] = set()
         self._spray_next_at = 0.0
@@ -308,7 +314,7 @@ class PunchCore:
     def handle_timer(self, now: float) -> None:
         """Send every probe that is due, spray at the paced rate, and notice give-ups."""
         while self._outstanding:
-            txn, (_, _, sent_at) = next(iter(self._outstanding.items()))
+            txn, (_, _, sent_at, _) = next(iter(self._outstanding.items()))
             if sent_at + TXN_LIFETIME > now:
                 break
             del self._outstanding[txn]
@@ -349,11 +355,11 @@ class PunchCore:
         self._out.append((encode(self._key, frame, now + self._wall_offset), addr))
         return txn
 
-    def _send_probe(self, state: _Peer, addr: Addr, now: float) -> None:
+    def _send_probe(self, state: _Peer, addr: Addr, now: float, source: str) -> None:
         txn = self._send(KIND_PROBE, NO_ECHO, addr, now)
         if len(self._outstanding) >= MAX_OUTSTANDING:
             del self._outstanding[next(iter(self._outstanding))]
-        self._outstanding[txn] = (state.name, addr, now)
+        self._outstanding[txn] = (state.name, addr, now, source)
         state.probes_sent += 1
 
     def _add_check(self, state: _Peer, addr: Addr, source: str, now: float) -> bool:
@@ -367,7 +373,7 @@ class PunchCore:
         return True
 
     def _probe_check(self, state: _Peer, check: _Check, now: float) -> None:
-        self._send_probe(state, check.addr, now)
+        self._send_probe(state, check.addr, now, check.source)
         self.counters["probes_sent"] += 1
         check.tries += 1
         if check.tries >= MAX_TRIES:
@@ -421,7 +427,7 @@ class PunchCore:
             assert spray is not None
             port = next(spray.ports, None)
             if port is not None:
-                self._send_probe(state, (spray.ip, port), now)
+                self._send_probe(state, (spray.ip, port), now, PREDICTED)
                 state.budget_used += 1
                 self.counters["spray_sent"] += 1
                 self._spray_next_at = now + 1.0 / SPRAY_RATE
@@ -501,7 +507,7 @@ class PunchCore:
         if outstanding is None:
             self.counters["drop_unsolicited"] += 1
             return False
-        name, sent_to, sent_at = outstanding
+        name, sent_to, sent_at, source = outstanding
         state = self._peers[name]
         self.counters["acks_received"] += 1
         self._bind_sender(state, frame.sender)
@@ -513,8 +519,6 @@ class PunchCore:
         if state.nominated is None:
             state.nominated = addr
             state.spray = None
-            check = state.checks.get(addr)
-            source = "predicted" if check is None else check.source
             self.counters["validated"] += 1
             self._events.append(Validated(name, addr, now - sent_at, source))
         return True
