@@ -1,0 +1,269 @@
+"""The gossip core, driven over a direct in-memory wire with explicit time."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+import pytest
+
+from ethersync.gossip import GossipCore, ItemReceived, PeersLearned
+from ethersync.gossip_config import GossipConfig
+from ethersync.gossip_store import MemoryStore
+from ethersync.gossip_wire import IHave, Item, Peers, Push, Summary, Want, encode
+from p2pd.errors import LocalError
+
+AUTHOR = bytes(range(32))
+
+
+def make_item(seq: int, author: bytes = AUTHOR, size: int = 100) -> Item:
+    blob = hashlib.sha256(author + seq.to_bytes(8, "big")).digest() * (size // 32 + 1)
+    blob = blob[:size]
+    return Item(hashlib.blake2b(blob, digest_size=32).digest(), author, seq, blob)
+
+
+def core(name: bytes, now: float = 0.0, **config: Any) -> GossipCore:
+    return GossipCore(name, now, config=GossipConfig(**config), rng=random.Random(name))
+
+
+class Wire:
+    """Delivers every queued message at once (zero latency) until nothing moves."""
+
+    def __init__(self, *cores: GossipCore) -> None:
+        self.cores = {c.node_id: c for c in cores}
+        self.received: dict[bytes, list[Item]] = {c.node_id: [] for c in cores}
+        self.now = 0.0
+
+    def link(self, a: GossipCore, b: GossipCore) -> None:
+        a.add_peer(b.node_id)
+        b.add_peer(a.node_id)
+
+    def pump(self) -> int:
+        moved = 0
+        while True:
+            batch = [
+                (c, p, d) for c in self.cores.values() for p, d in c.datagrams_to_send(self.now)
+            ]
+            for c in self.cores.values():
+                while (event := c.next_event()) is not None:
+                    if isinstance(event, ItemReceived):
+                        self.received[c.node_id].append(event.item)
+            if not batch:
+                return moved
+            for sender, peer, data in batch:
+                moved += 1
+                if peer in self.cores:
+                    self.cores[peer].receive_untrusted(sender.node_id, data, self.now)
+
+    def advance(self, seconds: float, step: float = 0.1) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(end, self.now + step)
+            for c in self.cores.values():
+                if c.get_timer() <= self.now:
+                    c.handle_timer(self.now)
+            self.pump()
+
+
+def test_two_cores_deliver_a_published_item_once() -> None:
+    a, b = core(b"a"), core(b"b")
+    wire = Wire(a, b)
+    wire.link(a, b)
+    item = make_item(1)
+    a.publish(item, 0.0)
+    wire.pump()
+    assert wire.received[b"b"] == [item]
+    wire.advance(30.0)
+    assert wire.received[b"b"] == [item]
+    assert wire.received[b"a"] == []
+
+
+def test_an_item_crosses_a_chain_of_three() -> None:
+    a, b, c = core(b"a"), core(b"b"), core(b"c")
+    wire = Wire(a, b, c)
+    wire.link(a, b)
+    wire.link(b, c)
+    items = [make_item(s) for s in (1, 2, 3)]
+    for item in items:
+        a.publish(item, 0.0)
+    wire.pump()
+    assert wire.received[b"c"] == items
+
+
+def test_lazy_peers_get_ids_and_pull_after_want_delay() -> None:
+    a, b = core(b"a", fanout=0), core(b"b", fanout=0)
+    wire = Wire(a, b)
+    wire.link(a, b)
+    a.publish(make_item(1), 0.0)
+    wire.pump()
+    assert wire.received[b"b"] == []
+    assert a.sent["push"] == 0
+    wire.advance(1.0, step=0.05)
+    assert len(wire.received[b"b"]) == 1
+    assert a.sent["ihave"] == 1 and b.sent["want"] == 1
+
+
+def test_anti_entropy_catches_up_a_node_that_missed_everything_in_one_round() -> None:
+    a = core(b"a")
+    items = [make_item(s, author) for author in (AUTHOR, bytes(32)) for s in range(1, 201)]
+    for item in items:
+        a.publish(item, 0.0)
+    b = core(b"b", now=100.0)
+    wire = Wire(a, b)
+    wire.now = 100.0
+    wire.link(a, b)
+    wire.advance(GossipConfig().startup_anti_entropy * 1.5)
+    assert sorted(wire.received[b"b"], key=lambda i: (i.author, i.seq)) == sorted(
+        items, key=lambda i: (i.author, i.seq)
+    )
+    assert b.store.version_vector() == a.store.version_vector()
+    # one exchange each way: digest, summary, (summary back,) pushes
+    assert a.sent["summary"] + b.sent["summary"] <= 2
+
+
+def test_in_sync_nodes_exchange_only_digests() -> None:
+    a, b = core(b"a"), core(b"b")
+    wire = Wire(a, b)
+    wire.link(a, b)
+    a.publish(make_item(1), 0.0)
+    wire.advance(5.0)
+    sent = {c: dict(c.sent) for c in (a, b)}
+    wire.advance(600.0, step=1.0)
+    for c in (a, b):
+        grew = {k: v - sent[c].get(k, 0) for k, v in c.sent.items() if v != sent[c].get(k, 0)}
+        assert set(grew) <= {"digest", "peers"}, grew
+        assert grew.get("digest", 0) > 0
+
+
+def test_a_replayed_push_is_never_delivered_twice_and_prunes_the_sender() -> None:
+    a, b = core(b"a"), core(b"b")
+    wire = Wire(a, b)
+    wire.link(a, b)
+    item = make_item(1)
+    data = encode(Push((item,), True))
+    b.receive_untrusted(b"a", data, 0.0)
+    b.receive_untrusted(b"a", data, 0.0)
+    events = [b.next_event(), b.next_event()]
+    assert events == [ItemReceived(item, b"a"), None]
+    assert b.drops["gossip_duplicate"] == 1
+    assert b.sent["prune"] == 1
+    wire.pump()
+    a.publish(make_item(2), 0.0)
+    assert a.sent["push"] == 0  # b is lazy for a now
+    assert a.sent["prune"] == 0
+
+
+def test_a_conflicting_item_for_a_held_sequence_number_is_rejected() -> None:
+    b = core(b"b")
+    b.receive_untrusted(b"a", encode(Push((make_item(1),), False)), 0.0)
+    forged = make_item(1, size=50)
+    b.receive_untrusted(b"a", encode(Push((forged,), False)), 0.0)
+    assert b.drops["gossip_rejected"] == 1
+    assert len(b.store.version_vector()) == 1
+
+
+def test_a_flood_of_bogus_ids_keeps_pending_wants_bounded() -> None:
+    b = core(b"b", max_pending_wants=64, recv_rate=1e12, recv_burst=1e12)
+    rng = random.Random(1)
+    now = 0.0
+    for _ in range(200):
+        ids = tuple((rng.randbytes(32), rng.randbytes(32), 1) for _ in range(1000))
+        b.receive_untrusted(b"evil", encode(IHave(ids)), now)
+        now += 0.05
+        if b.get_timer() <= now:
+            b.handle_timer(now)
+        b.datagrams_to_send(now)
+        assert b.pending_wants <= 64
+        assert len(b._want_heap) <= 2 * 64 + 1000
+    assert b.drops["gossip_wants_full"] > 100_000
+    b.handle_timer(now + 60.0)
+    b.handle_timer(now + 120.0)
+    assert b.pending_wants == 0
+
+
+def test_ids_of_sequence_numbers_already_held_are_ignored() -> None:
+    b = core(b"b")
+    b.publish(make_item(1), 0.0)
+    b.receive_untrusted(b"a", encode(IHave(((bytes(32), AUTHOR, 1),))), 0.0)
+    assert b.pending_wants == 0
+
+
+def test_send_rate_limit_holds_and_the_queue_drains_later() -> None:
+    cfg = GossipConfig()
+    a = core(b"a")
+    for s in range(1, 2001):
+        a.publish(make_item(s, size=1000), 0.0)
+    a.add_peer(b"b")
+    a.receive_untrusted(b"b", encode(Summary({}, False)), 0.0)
+    first = sum(len(d) for _, d in a.datagrams_to_send(0.0))
+    assert 0 < first <= cfg.send_burst
+    assert a.queued_bytes > 0
+    timer = a.get_timer()
+    assert 0.0 < timer < 1.0
+    later = sum(len(d) for _, d in a.datagrams_to_send(timer))
+    assert later > 0
+
+
+def test_send_queue_is_bounded() -> None:
+    a = core(b"a", max_queue_bytes=300 * 1024)
+    for s in range(1, 2001):
+        a.publish(make_item(s, size=1000), 0.0)
+    a.add_peer(b"b")
+    a.receive_untrusted(b"b", encode(Summary({}, False)), 0.0)
+    assert a.queued_bytes <= 300 * 1024
+    assert a.drops["gossip_send_queue_full"] > 0
+
+
+def test_receive_rate_limit_drops_a_flooding_peer() -> None:
+    cfg = GossipConfig()
+    b = core(b"b")
+    data = encode(Want(tuple(bytes([i]) * 32 for i in range(200))))
+    accepted = 0
+    for _ in range(2000):
+        before = b.bytes_received
+        b.receive_untrusted(b"evil", data, 0.0)
+        accepted += b.bytes_received - before
+    assert accepted <= cfg.recv_burst
+    assert b.drops["gossip_rate_limited"] > 0
+    b.receive_untrusted(b"evil", data, 1.0)
+    assert b.bytes_received > accepted
+
+
+def test_peer_exchange_reports_new_peers_only() -> None:
+    b = core(b"b")
+    b.add_peer(b"a")
+    b.receive_untrusted(b"a", encode(Peers((b"b", b"a", b"c", b"d"))), 0.0)
+    assert b.next_event() == PeersLearned(b"a", (b"c", b"d"))
+
+
+def test_the_peer_table_is_bounded() -> None:
+    b = core(b"b", max_peers=2)
+    for name in (b"p1", b"p2", b"p3"):
+        b.receive_untrusted(name, encode(Want(())), 0.0)
+    assert b.peers == [b"p1", b"p2"]
+    assert b.drops["gossip_peer_table_full"] == 1
+
+
+def test_publishing_a_duplicate_is_local_misuse() -> None:
+    a = core(b"a")
+    a.publish(make_item(1), 0.0)
+    with pytest.raises(LocalError):
+        a.publish(make_item(1), 0.0)
+
+
+def test_version_vector_counts_only_contiguous_sequence_numbers() -> None:
+    store = MemoryStore()
+    for s in (1, 2, 4, 5):
+        assert store.put(make_item(s))
+    assert store.version_vector() == {AUTHOR: 2}
+    assert [i.seq for i in store.missing_after(AUTHOR, 1, 10)] == [2, 4, 5]
+    assert store.put(make_item(3))
+    assert store.version_vector() == {AUTHOR: 5}
+
+
+def test_bad_config_is_refused() -> None:
+    with pytest.raises(LocalError):
+        GossipConfig(send_burst=10.0)
+    with pytest.raises(LocalError):
+        GossipConfig(anti_entropy_interval=0.0)
