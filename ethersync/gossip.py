@@ -221,9 +221,12 @@ class GossipCore:
                 continue
             new += 1
             self._vector = None
-            self._wants.pop(item.item_id, None)
+            wanted = self._wants.pop(item.item_id, None) is not None
             self._events.append(ItemReceived(item, peer))
-            self._spread(item, peer, now)
+            if eager or wanted:
+                # Only items being disseminated spread further; one that came in an
+                # anti-entropy answer is old news that our other peers already hold.
+                self._spread(item, peer, now)
         if eager and not new and items:
             state = self._peers.get(peer)
             if state is not None:
@@ -263,17 +266,21 @@ class GossipCore:
     # -- output -----------------------------------------------------------------------
 
     def _spread(self, item: Item, source: bytes | None, now: float) -> None:
-        """Push ``item`` to the eager peers and queue its id for the lazy ones."""
-        announce = (item.item_id, item.author, item.seq)
+        """Push ``item`` to the eager peers and queue its id for some lazy ones."""
+        lazy: list[_Peer] = []
         for peer, state in self._peers.items():
             if peer == source:
                 continue
             if state.eager:
                 self._send_items(peer, [item], True)
             elif len(state.ihave) < MAX_IDS:
-                state.ihave.append(announce)
-                if self._ihave_flush is None:
-                    self._ihave_flush = now + self.config.ihave_delay
+                lazy.append(state)
+        if len(lazy) > self.config.lazy_fanout:
+            lazy = self._rng.sample(lazy, self.config.lazy_fanout)
+        for state in lazy:
+            state.ihave.append((item.item_id, item.author, item.seq))
+        if lazy and self._ihave_flush is None:
+            self._ihave_flush = now + self.config.ihave_delay
 
     def _send_items(self, peer: bytes, items: list[Item], eager: bool) -> None:
         """Queue ``items`` to ``peer`` in ``push`` messages of at most ``push_bytes``."""

@@ -14,6 +14,10 @@ from p2pd.errors import LocalError
 #: Peers a new item is first pushed to in full; the eager tree then prunes itself.  Three
 #: reaches ~94 % of a random graph by push alone (1 - e^-3x = x); ids cover the rest.
 FANOUT = 3
+#: Lazy peers told of a new item by id.  Plumtree tells all; ids cost ~70 bytes each, so
+#: telling every one of ~10 peers would add ~70 % of a 1 KiB item.  A few announcers per
+#: node still reach everyone, and anti-entropy catches the rest.
+LAZY_FANOUT = 4
 #: Seconds between anti-entropy rounds (jittered 0.5x-1.5x): a digest is ~30 bytes, so
 #: an in-sync node spends ~200 bytes a minute on it, and a stray gap heals within ~10 s.
 ANTI_ENTROPY_INTERVAL = 10.0
@@ -57,6 +61,7 @@ class GossipConfig:
     """Local tunables; the defaults are the constants above."""
 
     fanout: int = FANOUT
+    lazy_fanout: int = LAZY_FANOUT
     anti_entropy_interval: float = ANTI_ENTROPY_INTERVAL
     startup_anti_entropy: float = STARTUP_ANTI_ENTROPY
     peer_exchange_interval: float = PEER_EXCHANGE_INTERVAL
@@ -87,5 +92,7 @@ class GossipConfig:
             raise LocalError("rate-limit bursts must fit the largest message")
         if self.max_queue_bytes < MAX_MESSAGE_SIZE or self.push_bytes > MAX_MESSAGE_SIZE:
             raise LocalError("queue must fit, and pushes must stay under, the largest message")
-        if self.catchup_items < 1 or self.fanout < 0 or self.peers_per_exchange < 0:
-            raise LocalError("catchup_items must be positive, fanout non-negative")
+        if self.catchup_items < 1 or min(self.fanout, self.lazy_fanout) < 0:
+            raise LocalError("catchup_items must be positive, fanouts non-negative")
+        if self.peers_per_exchange < 0:
+            raise LocalError("peers_per_exchange must be non-negative")
