@@ -87,6 +87,7 @@ class SimResult:
     items: int
     item_size: int
     convergence_time: float
+    all_back_time: float
     delivery_p50: float
     delivery_p99: float
     bytes_per_node: float
@@ -134,6 +135,7 @@ class Simulation:
         self.lost = 0
         self.week_node = config.nodes - 1
         self._complete = 0
+        self.last_up = 0.0
 
     def _new_node(self, index: int, store: MemoryStore, peers: list[bytes]) -> _Node:
         seed = self.rng.getrandbits(64)
@@ -209,6 +211,7 @@ class Simulation:
             return
         elif kind == _UP:
             self._restart(index)
+            self.last_up = max(self.last_up, self.now)
         self._settle(index)
 
     def _restart(self, index: int) -> None:
@@ -262,6 +265,7 @@ class Simulation:
         if not self._run_until(lambda: self._complete >= target, PHASE_LIMIT):
             raise RuntimeError(f"no convergence: {self._complete}/{target} nodes complete")
         converged = self.now
+        back = self.last_up
         last_publish = max(self.published_at.values())
         sent = [node.core.bytes_sent for node in self.nodes]
         messages = sum(sum(node.core.sent.values()) for node in self.nodes)
@@ -295,6 +299,7 @@ class Simulation:
             items=config.items,
             item_size=config.item_size,
             convergence_time=converged - last_publish,
+            all_back_time=converged - max(last_publish, back),
             delivery_p50=statistics.median(delays),
             delivery_p99=delays[int(0.99 * (len(delays) - 1))],
             bytes_per_node=sum(sent) / config.nodes,
