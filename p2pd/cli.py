@@ -95,14 +95,36 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="HOST:PORT",
-        help="also try this address directly (repeatable)",
+        help="also try this address directly, over UDP and TCP (repeatable)",
     )
+    parser.add_argument(
+        "--stun",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="STUN server to learn the public address and NAT type (repeatable; default: none)",
+    )
+    parser.add_argument(
+        "--assist",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="assist relay (p2pd relay) for rendezvous, hole punching and relaying (repeatable)",
+    )
+    parser.add_argument("--offer", metavar="OFFER", help="connect using an offer from p2pd offer")
+    parser.add_argument(
+        "--no-upnp", action="store_true", help="do not ask the gateway for a port mapping"
+    )
+    parser.add_argument("--no-tcp", action="store_true", help="no TCP listener or TCP fallback")
 
 
-def _parse_target(text: str) -> tuple[str, int]:
+def _parse_target(
+    text: str, option: str = "--target", *, any_port: bool = False
+) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise LocalError(f"--target must be HOST:PORT, not {text!r}")
+    lowest = 0 if any_port else 1
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
+        raise LocalError(f"{option} must be HOST:PORT, not {text!r}")
     return host.strip("[]"), int(port)
 
 
@@ -120,8 +142,24 @@ def _make_node(args: argparse.Namespace, passphrase: str) -> Any:
         beacons=not args.no_beacon,
         mdns=not args.no_mdns,
         targets=tuple(_parse_target(t) for t in args.target),
+        stun=tuple(_parse_target(t, "--stun") for t in args.stun),
+        assists=tuple(_parse_target(t, "--assist") for t in args.assist),
+        portmap=not args.no_upnp,
+        tcp=not args.no_tcp,
+        offer=_offer_candidates(args, params.tag_key),
     )
     return Node(params, identity, config)
+
+
+def _offer_candidates(args: argparse.Namespace, tag_key: bytes) -> tuple[Any, ...]:
+    if not getattr(args, "offer", None):
+        return ()
+    import time  # noqa: PLC0415
+
+    from p2pd.offer import parse_offer_untrusted  # noqa: PLC0415
+
+    offer = parse_offer_untrusted(args.offer, tag_key, now_wall=time.time())
+    return tuple(offer.candidates)
 
 
 def _send_inputs(args: argparse.Namespace) -> tuple[str, str]:
@@ -310,10 +348,61 @@ def _add_passphrase_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    import trio  # noqa: PLC0415
+
+    from p2pd.commands import Output, run_relay  # noqa: PLC0415
+
+    bind = _parse_target(args.bind, "--bind", any_port=True)
+    return int(trio.run(run_relay, bind, args.max_bytes_per_peer, Output(args.json)))
+
+
+def cmd_offer(args: argparse.Namespace) -> int:
+    import trio  # noqa: PLC0415
+
+    from p2pd.commands import Output, run_offer  # noqa: PLC0415
+
+    node = _make_node(args, _passphrase(args))
+    output = Output(args.json)
+    return int(trio.run(run_offer, node, args.ttl, args.listen, args.count, output))
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     from p2pd.daemon import run_daemon  # noqa: PLC0415
 
     return run_daemon(args)
+
+
+def _add_wan_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``relay`` and ``offer``."""
+    relay = sub.add_parser(
+        "relay", parents=[common], help="serve as an assist: rendezvous and relay for others"
+    )
+    relay.add_argument("--bind", required=True, metavar="HOST:PORT", help="UDP and TCP address")
+    relay.add_argument(
+        "--max-bytes-per-peer",
+        type=int,
+        metavar="BYTES",
+        help="bytes relayed per registrant per hour (default 256 MiB)",
+    )
+    relay.set_defaults(handler=cmd_relay)
+
+    offer = sub.add_parser(
+        "offer", parents=[common], help="print an expiring offer (text and QR), then listen"
+    )
+    _add_passphrase_args(offer)
+    offer.add_argument(
+        "--ttl", type=float, default=600.0, metavar="SECONDS", help="offer lifetime (default 600)"
+    )
+    offer.add_argument(
+        "--no-listen",
+        dest="listen",
+        action="store_false",
+        help="print the offer and exit instead of waiting for the peer",
+    )
+    offer.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    _node_options(offer)
+    offer.set_defaults(handler=cmd_offer)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _node_options(daemon)
     daemon.set_defaults(handler=cmd_daemon)
+
+    _add_wan_commands(sub, common)
 
     phrase = sub.add_parser("phrase", parents=[common], help="generate a strong passphrase")
     phrase.add_argument("--words", type=int, default=DEFAULT_PHRASE_WORDS, metavar="N")

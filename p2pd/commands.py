@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -26,6 +27,8 @@ from p2pd.node import Delivered, MessageIn, Node, PathChanged, PeerDown, PeerUp
 EXIT_TERMINATED = 143
 #: Longest wait for the clean close after a ``send`` finished (the peer's last ACKs).
 CLOSE_LINGER = 2.0
+#: Longest wait for our public addresses (STUN, relays, port mapping) before an offer.
+OFFER_GATHER = 4.0
 
 
 class NoPeer(P2pdError):
@@ -177,36 +180,69 @@ async def run_send(node: Node, text: str, timeout: float, output: Output) -> int
 
 async def run_listen(node: Node, count: int | None, timeout: float | None, output: Output) -> int:
     async def body() -> int:
-        received = 0
         _ready(node, output)
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            async for event in node.events:
-                if isinstance(event, PeerUp):
-                    _peer_up(output, event)
-                    node.send_message(event.peer_id, messages.hello("listen"))
-                elif isinstance(event, PathChanged):
-                    _path_changed(output, event)
-                elif isinstance(event, MessageIn) and _message(output, event):
-                    received += 1
-                    if count is not None and received >= count:
-                        break
-                elif isinstance(event, PeerDown):
-                    output.event(
-                        {
-                            "event": "disconnected",
-                            "peer": event.fingerprint,
-                            "reason": event.reason,
-                        },
-                        f"p2pd: {event.fingerprint} left ({event.reason})",
-                        status=True,
-                    )
-        if count is not None and received < count:
-            raise NoPeer(f"received {received} of {count} messages before the timeout")
-        with trio.move_on_after(CLOSE_LINGER / 4):
-            await trio.sleep_forever()  # let the last acknowledgements out
-        return 0
+        return await _listen(node, count, timeout, output)
 
     return int(await _with_signals(node, body))
+
+
+async def run_offer(node: Node, ttl: float, listen: bool, count: int | None, output: Output) -> int:
+    """``p2pd offer``: gather our addresses, print the offer (text and QR), then listen."""
+    from p2pd.offer import make_offer  # noqa: PLC0415
+    from p2pd.qr import render_qr  # noqa: PLC0415
+
+    async def body() -> int:
+        await node.gather_addresses(OFFER_GATHER)
+        candidates = node.own_candidates()
+        text = make_offer(node.params.tag_key, candidates, now_wall=time.time(), ttl=ttl)
+        shown = [f"{c.path} {c.addr[0]}:{c.addr[1]}" for c in candidates]
+        if output.json_mode:
+            output.event({"event": "offer", "offer": text, "ttl_s": ttl, "candidates": shown}, None)
+        else:
+            print(render_qr(text), file=output.out, flush=True)
+            print(text, file=output.out, flush=True)
+            print(
+                f"p2pd: offer valid {ttl:g} s; addresses: {', '.join(shown)}",
+                file=output.err,
+                flush=True,
+            )
+        if not listen:
+            return 0
+        _ready(node, output)
+        return await _listen(node, count, None, output)
+
+    return int(await _with_signals(node, body))
+
+
+async def _listen(node: Node, count: int | None, timeout: float | None, output: Output) -> int:
+    """Print messages as they arrive until ``count`` of them or the timeout."""
+    received = 0
+    with trio.move_on_after(timeout if timeout is not None else float("inf")):
+        async for event in node.events:
+            if isinstance(event, PeerUp):
+                _peer_up(output, event)
+                node.send_message(event.peer_id, messages.hello("listen"))
+            elif isinstance(event, PathChanged):
+                _path_changed(output, event)
+            elif isinstance(event, MessageIn) and _message(output, event):
+                received += 1
+                if count is not None and received >= count:
+                    break
+            elif isinstance(event, PeerDown):
+                output.event(
+                    {
+                        "event": "disconnected",
+                        "peer": event.fingerprint,
+                        "reason": event.reason,
+                    },
+                    f"p2pd: {event.fingerprint} left ({event.reason})",
+                    status=True,
+                )
+    if count is not None and received < count:
+        raise NoPeer(f"received {received} of {count} messages before the timeout")
+    with trio.move_on_after(CLOSE_LINGER / 4):
+        await trio.sleep_forever()  # let the last acknowledgements out
+    return 0
 
 
 async def run_chat(node: Node, output: Output, stdin: TextIO = sys.stdin) -> int:
@@ -265,3 +301,31 @@ async def run_chat(node: Node, output: Output, stdin: TextIO = sys.stdin) -> int
         return 0
 
     return int(await _with_signals(node, body))
+
+
+async def run_relay(bind: tuple[str, int], max_bytes: int | None, output: Output) -> int:
+    """``p2pd relay``: serve until SIGTERM or Ctrl-C; print where, and the counters at exit."""
+    from p2pd.relayd import RelayConfig, RelayRunning, serve_relay  # noqa: PLC0415
+
+    config = RelayConfig() if max_bytes is None else RelayConfig(bytes_per_window=max_bytes)
+    running: RelayRunning | None = None
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(serve_relay, bind, config)
+        host, port = running.addr
+        output.event(
+            {"event": "relay", "addr": f"{host}:{port}"},
+            f"p2pd: relay listening on {host} port {port} (UDP and TCP)",
+            status=True,
+        )
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+        nursery.cancel_scope.cancel()
+    if running is not None:
+        counters = dict(running.counters())
+        output.event(
+            {"event": "stopped", "counters": counters},
+            "p2pd: relay stopped: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())),
+            status=True,
+        )
+    return EXIT_TERMINATED

@@ -24,10 +24,11 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
-from p2pd import messages
+from p2pd import messages, vaddr
 from p2pd.derive import Params
 from p2pd.endpoint import (
     ConnectFailed,
@@ -39,17 +40,29 @@ from p2pd.endpoint import (
 )
 from p2pd.errors import BadFrame, LocalError
 from p2pd.identity import Identity, fingerprint
+from p2pd.pathbook import PathBook
 from p2pd.reliable import Channel, ChannelClosed, MessageDelivered, MessageReceived
 from p2pd.udp import Addr, UdpSocket
+from p2pd.wan import NewCandidate, OpenTcp, OwnAddress, Route, TcpRoute, UdpRoute, WanCore
+from p2pd.wanio import TCP_TARGET_AFTER, WanIO
 from transports.base import Candidate
 from transports.beacon import BEACON_TYPE, BeaconCore
-from transports.lan import run_beacons
+from transports.lan import ipv4_interfaces, run_beacons
 from transports.mdns import run_mdns
+from transports.portmap import MAPPED, PortmapStatus, run_portmap
 from transports.racer import RaceCore
 
 #: Payload bytes of a DATA packet handed to the reliable channel: 1280 (IPv6 minimum MTU)
 #: - 40 (IPv6) - 8 (UDP) - 16 (DATA header) - 16 (AEAD tag).
 MAX_PLAINTEXT = 1200
+#: Seconds a relayed candidate waits before it joins the race: hole punching validates in a
+#: round trip or two once both peers know each other, and a direct path is worth that wait.
+RELAYED_HOLDOFF = 2.0
+#: While a peer is reached only through a relay, punching is retried this often (a NAT or
+#: firewall may open later; the session then moves to the direct path).
+REPUNCH_INTERVAL = 10.0
+#: How often gather_addresses looks whether discovery has settled.
+GATHER_POLL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +160,18 @@ class Node:
         self._beacon = BeaconCore(params.lan_key)
         self._race: RaceCore | None = None
         self._kick = trio.Event()
-        self._outbox: list[tuple[bytes, Addr]] = []
+        self._outbox: list[tuple[bytes, Route]] = []
         self._late: list[Addr] = []
+        self.paths = PathBook()
+        self.wan: WanCore | None = None
+        self._io: WanIO | None = None
+        self._nursery: trio.Nursery | None = None
+        #: Relayed candidates waiting for RELAYED_HOLDOFF, with when they may race.
+        self._held: list[tuple[float, Candidate]] = []
+        self._repunch_at = math.inf
+        self._tcp_targets_at = math.inf
+        #: The gateway port mapping's state (None: not asked for).
+        self.portmap: PortmapStatus | None = None
         self._send_lock = trio.Lock()
         self.port = 0
 
@@ -191,10 +214,27 @@ class Node:
         now = trio.current_time()
         self._udp = UdpSocket(self.config.port or self.params.port)
         self.port = self._udp.port
-        self._endpoint = Endpoint(self.params, self.identity, now=now)
+        self._endpoint = Endpoint(self.params, self.identity, now=now, path_rank=self.paths.rank)
         self._race = RaceCore(now)
+        self._race_started = now
+        config = self.config
+        self.wan = WanCore(
+            self.params,
+            stun=config.stun,
+            assists=config.assists,
+            tcp=config.tcp,
+            now=now,
+            wall=time.time(),
+        )
+        self._io = WanIO(
+            on_datagram=self._on_tcp_datagram,
+            on_link_closed=self._on_link_closed,
+            counters=self.counters,
+        )
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self._io.run, self.port, config.tcp)
                 nursery.start_soon(self._receive_loop)
                 nursery.start_soon(self._timer_loop)
                 if self.config.beacons:
@@ -213,8 +253,17 @@ class Node:
                         self.config.interfaces,
                         self._on_lan_candidate,
                     )
-                for target in self.config.targets:
+                for target in config.targets:
                     self.add_candidate(Candidate(target, "direct", now))
+                if config.targets and config.tcp:
+                    self._tcp_targets_at = now + TCP_TARGET_AFTER
+                for candidate in config.offer:
+                    self.paths.note(candidate.addr, candidate.path)
+                    self.add_candidate(Candidate(candidate.addr, candidate.path, now))
+                self.wan.peer_candidates("offer", [(c.path, c.addr) for c in config.offer], now)
+                if config.portmap:
+                    self._start_portmap()
+                self._kick.set()  # the WAN cores queued their first requests: send them
                 task_status.started(self.port)
         finally:
             self._udp.close()
@@ -226,6 +275,14 @@ class Node:
         """A transport found a way that may reach a peer: race it."""
         if candidate.addr == ("127.0.0.1", self.port) or self._race is None:
             return
+        if not vaddr.is_virtual(candidate.addr):
+            self.paths.note(candidate.addr, candidate.path)
+        elif candidate.found_at >= 0 and not self._race.over:
+            # A relayed path: give hole punching RELAYED_HOLDOFF to find a direct one.
+            held = Candidate(candidate.addr, candidate.path, -1.0)
+            self._held.append((trio.current_time() + RELAYED_HOLDOFF, held))
+            self._kick.set()
+            return
         if self._race.over:
             # The race that timed the first connection is decided; later peers (a third
             # node, a peer that came back) are connected to directly.
@@ -234,9 +291,169 @@ class Node:
             self._race.add(candidate, trio.current_time())
         self._kick.set()
 
+    # -- WAN paths --------------------------------------------------------------------
+
+    def _label(self, addr: Addr) -> str:
+        assert self.wan is not None
+        held = self.portmap is not None and self.portmap.state == MAPPED
+        self.paths.mapped = self.wan.mapped if held else None
+        return self.paths.label(addr, self.wan.path_of(addr))
+
+    def _relabel(self, peer_id: bytes, peer: _Peer) -> None:
+        """Recompute a peer's path label; a change is reported as PathChanged."""
+        path = self._label(peer.addr)
+        if path != peer.path:
+            old, peer.path = peer.path, path
+            self._emit(PathChanged(peer_id, peer.fingerprint, old, path, peer.addr))
+        if path in ("relay", "tcp") and self._repunch_at == math.inf:
+            self._repunch_at = trio.current_time() + REPUNCH_INTERVAL
+
+    def _own_entries(self) -> list[tuple[str, str, int]]:
+        """Where we can be reached, for ``cands``: public addresses first, then LAN ones."""
+        assert self.wan is not None
+        entries: list[tuple[str, str, int]] = [
+            (own.path, own.addr[0], own.addr[1]) for own in self.wan.own_addresses()
+        ]
+        chosen = self.config.interfaces
+        for _name, iface in ipv4_interfaces(chosen):
+            # Loopback only when the user chose interfaces (a test, or a same-host setup).
+            if chosen is not None or not iface.ip.is_loopback:
+                entries.append(("lan", str(iface.ip), self.port))
+        return entries[: messages.MAX_CANDIDATES]
+
+    def own_candidates(self) -> list[Candidate]:
+        """Where a peer may reach us (for offers), best first."""
+        now = trio.current_time()
+        found = [Candidate((host, port), path, now) for path, host, port in self._own_entries()]  # type: ignore[arg-type]
+        return sorted(found, key=lambda c: c.rank)
+
+    async def gather_addresses(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until STUN and the relays told us our public address."""
+        assert self.wan is not None
+        with trio.move_on_after(timeout):
+            while not self.wan.settled():
+                await trio.sleep(GATHER_POLL)
+
+    def _send_cands(self, peer_id: bytes, channel: Channel, now: float) -> None:
+        entries = self._own_entries()
+        if entries:
+            channel.send_message(messages.cands(entries), now)
+
+    def _on_cands(self, peer: _Peer, entries: list[tuple[str, str, int]]) -> None:
+        """The peer's own addresses: connect to mapped ones, punch to all of them."""
+        assert self.wan is not None
+        now = trio.current_time()
+        checked: list[tuple[str, Addr]] = []
+        for path, host, port in entries:
+            addr = (host, port)
+            if path == "mapped":
+                self.paths.note(addr, "mapped")
+                if not vaddr.is_virtual(peer.addr) and self.paths.label(peer.addr) != "lan":
+                    self._relabel_all()
+                self.add_candidate(Candidate(addr, "mapped", now))
+            checked.append((path, addr))
+        self.wan.peer_candidates(peer.fingerprint, checked, now)
+        self._kick.set()
+
+    def _relabel_all(self) -> None:
+        for peer_id, peer in self.peers.items():
+            self._relabel(peer_id, peer)
+
+    def _on_wan_event(self, event: object, now: float, wall: float) -> None:
+        if isinstance(event, NewCandidate):
+            self.add_candidate(event.candidate)
+        elif isinstance(event, OwnAddress):
+            # Tell connected peers about a new address of ours (a STUN answer after connect).
+            for peer in self.peers.values():
+                if not peer.closed:
+                    peer.channel.send_message(messages.cands(self._own_entries()), now)
+        elif isinstance(event, OpenTcp) and self._io is not None:
+            index = event.relay
+
+            def connected(link: int | None) -> None:
+                if link is None or self.wan is None:
+                    self.counters["relay_tcp_failed"] += 1
+                    return
+                self.wan.relay_tcp_up(index, link, trio.current_time(), time.time())
+                self._kick.set()
+
+            self._io.connect_soon(event.addr, connected)
+
+    def _wan_timers(self, now: float, wall: float) -> None:
+        assert self.wan is not None and self._race is not None
+        wan_timer = self.wan.get_timer()
+        if wan_timer is not None and wan_timer <= now:
+            self.wan.handle_timer(now, wall)
+        if self._held and min(due for due, _ in self._held) <= now:
+            ready = [c for due, c in self._held if due <= now]
+            self._held = [(due, c) for due, c in self._held if due > now]
+            for candidate in ready:
+                if not self._race.over:
+                    self.add_candidate(candidate)
+        if now >= self._repunch_at:
+            self._repunch_at = math.inf
+            if any(p.path in ("relay", "tcp") for p in self.peers.values()):
+                self.wan.repunch(now)
+                self._repunch_at = now + REPUNCH_INTERVAL
+        if now >= self._tcp_targets_at:
+            self._tcp_targets_at = math.inf
+            if not self.peers:
+                for target in self.config.targets:
+                    self._connect_tcp(target)
+
+    def _connect_tcp(self, addr: Addr) -> None:
+        """Reach ``addr`` over TCP (UDP blocked?): a link, then a handshake on it."""
+        assert self._io is not None
+
+        def connected(link: int | None) -> None:
+            if link is None or self._endpoint is None:
+                self.counters["tcp_connect_failed"] += 1
+                return
+            self._late.append(vaddr.tcp_addr(link))
+            self._kick.set()
+
+        self._io.connect_soon(addr, connected)
+
+    def _on_tcp_datagram(self, link: int, data: bytes, peer_addr: Addr) -> None:
+        if self._endpoint is None or self.wan is None:
+            return
+        now, wall = trio.current_time(), time.time()
+        inner = self.wan.receive_tcp(link, data, now, wall)
+        if inner is None:
+            self._endpoint.receive_datagram(data, vaddr.tcp_addr(link), now, wall)
+        else:
+            for payload, source in inner:
+                self._endpoint.receive_datagram(payload, source, now, wall)
+        self._kick.set()
+
+    def _on_link_closed(self, link: int) -> None:
+        if self.wan is not None:
+            self.wan.link_closed(link)
+
+    def _start_portmap(self) -> None:
+        """Ask the gateway for a mapping of our port (UDP and TCP), kept until cancelled."""
+        assert self._nursery is not None
+        self.portmap = PortmapStatus()
+        self._nursery.start_soon(
+            partial(
+                run_portmap,
+                self.port,
+                self._on_mapped,
+                counters=self.counters,
+                status=self.portmap,
+            )
+        )
+
+    def _on_mapped(self, candidate: Candidate) -> None:
+        """Our gateway maps ``candidate.addr`` to us: tell peers, label sessions."""
+        if self.wan is not None:
+            self.wan.set_mapped(candidate.addr)
+            self._relabel_all()
+            self._kick.set()
+
     async def _receive_loop(self) -> None:
-        assert self._udp is not None and self._endpoint is not None
-        udp, endpoint = self._udp, self._endpoint
+        assert self._udp is not None and self._endpoint is not None and self.wan is not None
+        udp, endpoint, wan = self._udp, self._endpoint, self.wan
         while True:
             await udp.wait_readable()
             now, wall = trio.current_time(), time.time()
@@ -249,6 +466,10 @@ class Node:
                         self.add_candidate(Candidate(addr, "lan", now))
                     else:
                         self.counters["drop_beacon"] += 1
+                    continue
+                if WanCore.claims(data):
+                    for inner, source in wan.receive_udp(data, addr, now, wall):
+                        endpoint.receive_datagram(inner, source, now, wall)
                     continue
                 endpoint.receive_datagram(data, addr, now, wall)
             self.counters["packets_in"] += packets
@@ -267,6 +488,7 @@ class Node:
             endpoint_timer = self._endpoint.get_timer()
             if endpoint_timer is not None and endpoint_timer <= now:
                 self._endpoint.handle_timer(now, wall)
+            self._wan_timers(now, wall)
             for peer in self.peers.values():
                 timer = peer.channel.get_timer()
                 if timer is not None and timer <= now:
@@ -275,7 +497,10 @@ class Node:
 
     def _next_deadline(self) -> float:
         assert self._endpoint is not None and self._race is not None
-        timers = [self._endpoint.get_timer(), self._race.get_timer()]
+        assert self.wan is not None
+        timers = [self._endpoint.get_timer(), self._race.get_timer(), self.wan.get_timer()]
+        timers += [self._repunch_at, self._tcp_targets_at]
+        timers += [due for due, _ in self._held]
         timers += [peer.channel.get_timer() for peer in self.peers.values()]
         return min((t for t in timers if t is not None), default=math.inf)
 
@@ -283,8 +508,8 @@ class Node:
 
     async def _pump(self) -> None:
         """Run the cores until quiescent, then send what they produced."""
-        assert self._endpoint is not None and self._race is not None and self._udp is not None
-        endpoint, race = self._endpoint, self._race
+        assert self._endpoint is not None and self._race is not None and self.wan is not None
+        endpoint, race, wan = self._endpoint, self._race, self.wan
         now, wall = trio.current_time(), time.time()
         late, self._late = self._late, []
         for addr in [*race.due(now), *late]:
@@ -305,7 +530,16 @@ class Node:
                 while (cevent := peer.channel.next_event()) is not None:
                     busy = True
                     self._on_channel_event(peer_id, peer, cevent)
-            self._outbox.extend(endpoint.datagrams_to_send(now, wall))
+            for data, addr in endpoint.datagrams_to_send(now, wall):
+                routed = wan.outbound(data, addr)
+                if routed is None:
+                    self.counters["send_no_path"] += 1
+                else:
+                    self._outbox.append(routed)
+            while (wevent := wan.next_event()) is not None:
+                busy = True
+                self._on_wan_event(wevent, now, wall)
+            self._outbox.extend(wan.datagrams_to_send(now))
         await self._flush()
 
     async def _flush(self) -> None:
@@ -314,7 +548,17 @@ class Node:
         async with self._send_lock:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
-                for addr, datagrams in _runs_by_address(batch):
+                udp_batch: list[tuple[bytes, Addr]] = []
+                for data, route in batch:
+                    if type(route) is UdpRoute:
+                        udp_batch.append((data, route.addr))
+                    elif (
+                        isinstance(route, TcpRoute)
+                        and self._io is not None
+                        and not self._io.send(route.link, data)
+                    ):
+                        counters["send_errors_tcp"] += 1
+                for addr, datagrams in _runs_by_address(udp_batch):
                     sent = await udp.send_batch(datagrams, addr)
                     ok = sent.count(True)
                     counters["packets_out"] += ok
@@ -337,17 +581,19 @@ class Node:
                 self.counters[f"drop_{exc.reason}"] += 1
         elif isinstance(event, PeerConnected):
             result = self._race.won(event.addr, now)
-            path = result.path if result is not None else "lan"
-            elapsed = result.elapsed if result is not None else 0.0
+            path = self._label(event.addr)
+            elapsed = result.elapsed if result is not None else now - self._race_started
             peer = self.peers.get(event.peer_id)
             if peer is None or peer.closed:
                 channel = Channel(now=now, max_plaintext=MAX_PLAINTEXT)
                 self.peers[event.peer_id] = _Peer(event.fingerprint, event.addr, path, channel)
                 self._emit(PeerUp(event.peer_id, event.fingerprint, event.addr, path, elapsed))
+                self._send_cands(event.peer_id, channel, now)
         elif isinstance(event, PeerAddressChanged):
             peer = self.peers.get(event.peer_id)
             if peer is not None:
                 peer.addr = event.addr
+                self._relabel(event.peer_id, peer)
         elif isinstance(event, PeerLost):
             peer = self.peers.pop(event.peer_id, None)
             if peer is not None:
@@ -360,11 +606,15 @@ class Node:
         if isinstance(event, MessageReceived):
             try:
                 message = messages.decode_untrusted(event.data)
+                if message.kind == "cands":
+                    self._on_cands(peer, messages.candidates_untrusted(message))
+                    return
             except BadFrame as exc:
                 self.counters[f"drop_{exc.reason}"] += 1
                 return
             self._emit(MessageIn(peer_id, peer.fingerprint, message))
         elif isinstance(event, MessageDelivered):
+            self._relabel(peer_id, peer)
             self._emit(Delivered(peer_id, peer.fingerprint, event.message_id, event.rtt, peer.path))
         elif isinstance(event, ChannelClosed):
             peer.closed = True

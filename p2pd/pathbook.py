@@ -4,8 +4,8 @@
 Why a book: an address can be learned several ways (a punched check, the peer's own ``cands``
 saying it is a port mapping, a LAN beacon), and the label must not depend on which came
 first.  Each address keeps the best label it was given (lowest :data:`transports.base.
-PATH_RANK`).  An address never labelled is ``lan`` when it is a local-scope address and
-``direct`` otherwise; virtual addresses are labelled by their transport (``relay``/``tcp``).
+PATH_RANK`).  A local-scope address is always ``lan``, a public one never labelled is
+``direct``; virtual addresses are labelled by their transport (``relay``/``tcp``).
 
 A direct UDP session is reported as ``mapped`` whenever a gateway port mapping carries it:
 the peer said the address is its mapping, or we hold a mapping ourselves and the peer's
@@ -73,8 +73,10 @@ class PathBook:
         """The path a session at ``addr`` is on (``virtual``: the label of a virtual one)."""
         if vaddr.is_virtual(addr):
             return virtual or "relay"
-        path: Path = self._labels.get(addr) or ("lan" if is_local(addr[0]) else "direct")
-        if path in ("direct", "punched") and self.mapped is not None and not is_local(addr[0]):
+        if is_local(addr[0]):
+            return "lan"  # however it was found (a punched check, an offer), it is one hop
+        path: Path = self._labels.get(addr) or "direct"
+        if path in ("direct", "punched") and self.mapped is not None:
             return "mapped"
         return path
 

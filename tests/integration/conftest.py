@@ -1,8 +1,8 @@
 """Real p2pd processes on loopback: helpers to start them and read what they print.
 
-LAN discovery is restricted to ``lo`` (``--interface lo --no-mdns``): tests in the root
-namespace must never broadcast on the machine's real interfaces.  mDNS is exercised in
-the network lab instead.
+LAN discovery is restricted to ``lo`` (``--interface lo --no-mdns``) and the gateway is never
+asked for a port mapping (``--no-upnp``): tests in the root namespace must never send to the
+machine's real networks.  mDNS and port mapping are exercised in the network lab instead.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-LOOPBACK_ONLY = ("--interface", "lo", "--no-mdns")
+LOOPBACK_ONLY = ("--interface", "lo", "--no-mdns", "--no-upnp")
 
 
 def fresh_passphrase() -> str:
@@ -46,7 +46,15 @@ def fresh_passphrase() -> str:
     return "-".join(secrets.choice(words) for _ in range(4)) + "-" + secrets.token_hex(4)
 
 
-_READERS: dict[tuple[int, bool], queue.Queue[str]] = {}
+Reader = tuple[queue.Queue[str], threading.Thread]
+
+
+def _readers(proc: subprocess.Popen[str]) -> dict[bool, Reader]:
+    """The reader threads of ``proc``, kept on the object itself: pytest may import this
+    conftest twice (as ``conftest`` and as ``tests.integration.conftest``), so a module-level
+    table would not be shared between a fixture and a test."""
+    table: dict[bool, Reader] = proc.__dict__.setdefault("p2pd_readers", {})
+    return table
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float, *, stdout: bool = False) -> str:
@@ -55,22 +63,32 @@ def read_line(proc: subprocess.Popen[str], timeout: float, *, stdout: bool = Fal
     A reader thread per stream feeds a queue: ``select`` on a buffered text stream would
     miss lines already read into Python's buffer.
     """
-    key = (proc.pid, stdout)
-    if key not in _READERS:
+    readers = _readers(proc)
+    if stdout not in readers:
         stream = proc.stdout if stdout else proc.stderr
         assert stream is not None
         lines: queue.Queue[str] = queue.Queue()
-        _READERS[key] = lines
 
         def pump() -> None:
             for line in stream:
                 lines.put(line)
 
-        threading.Thread(target=pump, daemon=True).start()
+        thread = threading.Thread(target=pump, daemon=True)
+        readers[stdout] = (lines, thread)
+        thread.start()
     try:
-        return _READERS[key].get(timeout=timeout)
+        return readers[stdout][0].get(timeout=timeout)
     except queue.Empty:
         raise AssertionError(f"no output within {timeout} s") from None
+
+
+def _drain(lines: queue.Queue[str]) -> str:
+    out: list[str] = []
+    while True:
+        try:
+            out.append(lines.get_nowait())
+        except queue.Empty:
+            return "".join(out)
 
 
 class Procs:
@@ -107,8 +125,23 @@ class Procs:
         return proc
 
     def finish(self, proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
-        out, err = proc.communicate(timeout=timeout)
-        return proc.returncode, out, err
+        """Wait for ``proc``; its exit code and what it printed that read_line did not take."""
+        readers = {flag: _readers(proc).pop(flag, None) for flag in (True, False)}
+        if not any(readers.values()):
+            out, err = proc.communicate(timeout=timeout)
+            return proc.returncode, out, err
+        proc.wait(timeout=timeout)
+        texts: dict[bool, str] = {}
+        for flag, stream in ((True, proc.stdout), (False, proc.stderr)):
+            reader = readers[flag]
+            if reader is None:
+                assert stream is not None
+                texts[flag] = stream.read()
+                continue
+            lines, thread = reader
+            thread.join(timeout=timeout)
+            texts[flag] = _drain(lines)
+        return proc.returncode, texts[True], texts[False]
 
     def close(self) -> None:
         for proc in self.procs:

@@ -56,3 +56,9 @@ def test_virtual_addresses_take_their_transport_label() -> None:
 )
 def test_local_scope(host: str, local: bool) -> None:
     assert is_local(host) is local
+
+
+def test_a_local_address_stays_lan_whatever_found_it() -> None:
+    book = PathBook()
+    book.note(("127.0.0.1", 5), "punched")
+    assert book.label(("127.0.0.1", 5)) == "lan"
