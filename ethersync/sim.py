@@ -18,8 +18,9 @@ A run has four phases:
 2. *Converge*: until every node but the week node holds every item.  Bytes sent up to
    here are compared with the minimum: every node but the author must receive every
    item's bytes at least once.
-3. *Steady state*: after ``settle_seconds`` (the last eager copies and ids still in
-   flight), ``steady_seconds`` more, in sync: only digests and peer exchange should flow.
+3. *Steady state*: once every churned node is back, and ``settle_seconds`` later (the
+   last eager copies and ids in flight), ``steady_seconds`` more, in sync: only
+   digests and peer exchange should flow.
 4. *The week*: the clock jumps by ``week_seconds`` (an in-sync network only exchanges
    matching digests, measured in phase 3), the week node restarts, and we measure how
    long it takes to hold everything.
@@ -113,6 +114,9 @@ class _Node:
     online: bool = True
     timer_at: float = math.inf
     restarts: int = 0
+    #: What earlier incarnations of this node's core sent (a restart starts from zero).
+    bytes_before: int = 0
+    messages_before: int = 0
 
 
 class Simulation:
@@ -136,6 +140,7 @@ class Simulation:
         self.week_node = config.nodes - 1
         self._complete = 0
         self.last_up = 0.0
+        self.churn_end = 0.0
 
     def _new_node(self, index: int, store: MemoryStore, peers: list[bytes]) -> _Node:
         seed = self.rng.getrandbits(64)
@@ -219,6 +224,8 @@ class Simulation:
         old = self.nodes[index]
         node = self._new_node(index, old.store, old.core.peers)
         node.restarts = old.restarts + 1
+        node.bytes_before = old.bytes_before + old.core.bytes_sent
+        node.messages_before = old.messages_before + old.core.sent.total()
         self.nodes[index] = node
 
     def _run_until(self, done: Callable[[], bool] | None, limit: float) -> bool:
@@ -252,7 +259,9 @@ class Simulation:
         for index in rng.sample(churners, min(len(churners), int(config.churn * config.nodes))):
             down = rng.random() * window
             self._push(down, _DOWN, index)
-            self._push(down + rng.expovariate(1 / config.downtime), _UP, index)
+            up = down + rng.expovariate(1 / config.downtime)
+            self._push(up, _UP, index)
+            self.churn_end = max(self.churn_end, up)
         self.nodes[self.week_node].online = False
         for index in range(config.nodes):
             self._settle(index)
@@ -267,18 +276,18 @@ class Simulation:
         converged = self.now
         back = self.last_up
         last_publish = max(self.published_at.values())
-        sent = [node.core.bytes_sent for node in self.nodes]
-        messages = sum(sum(node.core.sent.values()) for node in self.nodes)
+        sent = [node.bytes_before + node.core.bytes_sent for node in self.nodes]
+        messages = sum(node.messages_before + node.core.sent.total() for node in self.nodes)
         delays = sorted(
             at - self.published_at[item_id]
             for (index, item_id), at in self.received.items()
             if index != self.week_node
         )
 
-        self._run_until(None, config.settle_seconds)
-        before = sum(node.core.bytes_sent for node in self.nodes)
+        self._run_until(None, max(self.churn_end - self.now, 0.0) + config.settle_seconds)
+        before = sum(node.bytes_before + node.core.bytes_sent for node in self.nodes)
         self._run_until(None, config.steady_seconds)
-        steady = sum(node.core.bytes_sent for node in self.nodes) - before
+        steady = sum(node.bytes_before + node.core.bytes_sent for node in self.nodes) - before
         online = sum(node.online for node in self.nodes)
 
         self._jump(self.now + config.week_seconds)
