@@ -111,10 +111,12 @@ MAX_PEERS = 16
 MAX_CANDIDATES_PER_PEER = 16
 #: Our probe transactions remembered for matching ACKs (a full spray plus checks).
 MAX_OUTSTANDING = 4 * SPRAY_BUDGET
-#: Seconds an ACK may take to come back and still validate (RTT is then meaningless).
+#: Seconds a probe's transaction is remembered: a later ACK validates nothing.
 TXN_LIFETIME = 10.0
-#: Remembered PROBE transactions, dropped when seen again (replays within the MAC epoch).
-SEEN_TXNS = 1024
+#: Remembered PROBE transactions, dropped when seen again (replays within the MAC epoch):
+#: more than a whole captured spray, so one cannot be cycled through us.  What a
+#: replay can still cause is bounded by the peer and candidate caps.
+SEEN_TXNS = 4 * SPRAY_BUDGET
 #: Sources of candidates that are never sprayed: a LAN address is not behind the NAT, and a
 #: peer-reflexive address is the exact mapping a probe came from, so its neighbours are not.
 NO_SPRAY_SOURCES = frozenset({"lan", "prflx"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import random
 
@@ -270,3 +271,57 @@ def test_local_misuse_raises() -> None:
         PunchCore(b"short", wall_offset=WALL)
     with pytest.raises(LocalError):
         core().add_remote(("198.51.100.2", 0), "relay", 0.0)
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("add"),
+            st.sampled_from(["peer", "other"]),
+            st.integers(1, 65535),
+            st.sampled_from([None, "dependent", "independent"]),
+        ),
+        st.tuples(st.just("wait"), st.floats(0.0, 5.0)),
+        st.tuples(st.just("stop"), st.sampled_from(["peer", "other"])),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(OPS)
+def test_budget_rate_and_tries_are_never_exceeded(ops: list[tuple[object, ...]]) -> None:
+    c = core()
+    now = 0.0
+    sends: list[tuple[float, Addr]] = []
+    added: dict[str, set[Addr]] = {"peer": set(), "other": set()}
+
+    def drain(until: float) -> None:
+        while (t := c.get_timer()) is not None and t <= until:
+            sends.extend((t, addr) for _, addr in c.datagrams_to_send(t))
+            for name in added:
+                assert c.budget_used(name) <= SPRAY_BUDGET
+
+    for op in ops:
+        if op[0] == "add":
+            _, name, port, hint = op
+            assert isinstance(name, str) and isinstance(port, int)
+            addr = (B[0] if name == "peer" else "198.51.100.7", port)
+            c.add_remote(addr, "relay", now, peer=name, peer_nat=hint)  # type: ignore[arg-type]
+            added[name].add(addr)
+        elif op[0] == "wait":
+            assert isinstance(op[1], float)
+            drain(now + op[1])
+            now += op[1]
+        else:
+            assert isinstance(op[1], str)
+            c.stop(op[1])
+    drain(now + 60.0)
+    ordinary = {a for names in added.values() for a in names}
+    spray_times = [t for t, addr in sends if addr not in ordinary]
+    assert all(b - a >= 1 / SPRAY_RATE - 1e-9 for a, b in itertools.pairwise(spray_times))
+    per_addr = collections.Counter(addr for _, addr in sends if addr in ordinary)
+    stops = sum(op[0] == "stop" for op in ops)
+    # A spray may also hit a candidate's port once per attempt (its ports are distinct).
+    assert all(n <= (MAX_TRIES + 1) * (stops + 1) for n in per_addr.values())
+    assert c.counters["spray_sent"] <= SPRAY_BUDGET * 2 * (stops + 1)
