@@ -227,10 +227,15 @@ class GossipCore:
                 # Only items being disseminated spread further; one that came in an
                 # anti-entropy answer is old news that our other peers already hold.
                 self._spread(item, peer, now)
-        if eager and not new and items:
-            state = self._peers.get(peer)
-            if state is not None:
-                state.eager = False
+        state = self._peers.get(peer)
+        if state is None or not eager or not items:
+            return
+        if new:
+            # A tree link carries items both ways: the sender treats us as eager, so we
+            # treat it as eager too (Plumtree starts every link eager on both ends).
+            state.eager = True
+        else:
+            state.eager = False
             self._send(peer, Prune())
 
     def _on_ihave(self, peer: bytes, ids: tuple[tuple[bytes, bytes, int], ...], now: float) -> None:
