@@ -33,6 +33,7 @@ would only after its session timeout.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import heapq
 import itertools
@@ -98,6 +99,7 @@ class SimResult:
     steady_bytes_per_node_minute: float
     week_catchup_time: float
     week_bytes_received: int
+    copies_per_item: float
     lost_messages: int
     drops: dict[str, int]
 
@@ -141,6 +143,7 @@ class Simulation:
         self._complete = 0
         self.last_up = 0.0
         self.churn_end = 0.0
+        self._drops_before: collections.Counter[str] = collections.Counter()
 
     def _new_node(self, index: int, store: MemoryStore, peers: list[bytes]) -> _Node:
         seed = self.rng.getrandbits(64)
@@ -224,6 +227,7 @@ class Simulation:
         old = self.nodes[index]
         node = self._new_node(index, old.store, old.core.peers)
         node.restarts = old.restarts + 1
+        self._drops_before.update(old.core.drops)
         node.bytes_before = old.bytes_before + old.core.bytes_sent
         node.messages_before = old.messages_before + old.core.sent.total()
         self.nodes[index] = node
@@ -276,6 +280,9 @@ class Simulation:
         converged = self.now
         back = self.last_up
         last_publish = max(self.published_at.values())
+        duplicates = self._drops_before["gossip_duplicate"] + sum(
+            node.core.drops["gossip_duplicate"] for node in self.nodes
+        )
         sent = [node.bytes_before + node.core.bytes_sent for node in self.nodes]
         messages = sum(node.messages_before + node.core.sent.total() for node in self.nodes)
         delays = sorted(
@@ -299,7 +306,7 @@ class Simulation:
             raise RuntimeError("the week node did not catch up")
         week = self.nodes[self.week_node]
 
-        drops: dict[str, int] = {}
+        drops = dict(self._drops_before)
         for node in self.nodes:
             for reason, count in node.core.drops.items():
                 drops[reason] = drops.get(reason, 0) + count
@@ -318,6 +325,7 @@ class Simulation:
             steady_bytes_per_node_minute=steady / online / (config.steady_seconds / 60),
             week_catchup_time=self.now - returned,
             week_bytes_received=week.core.bytes_received,
+            copies_per_item=(len(delays) + duplicates) / len(delays),
             lost_messages=self.lost,
             drops=dict(sorted(drops.items())),
         )
