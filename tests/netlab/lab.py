@@ -88,6 +88,8 @@ MASQUERADE = {
 # Forward-chain rules placed before the stateful accept, per router kind: the UDP-blocking
 # firewall drops UDP both ways, replies included (TCP, ICMP and everything else pass).
 FORWARD_FIRST = {"eim": "", "edm": "", "udp-blocked": "meta l4proto udp drop"}
+# The input rules of a router that drops unsolicited WAN input (`Lab.router`'s drop_wan_input).
+WAN_INPUT_DROP = 'ct state established,related accept\niifname "wan0" drop'
 # Datagrams a lab veth may carry in one skb: 1 makes the kernel cut GSO batches before the
 # wire, so nftables hooks (loss, counters, NAT) act per datagram (see the module docstring).
 WIRE_GSO_MAX_SEGS = 1
@@ -218,13 +220,18 @@ class Lab:
         *,
         wan_address: str | None = None,
         lan_address: str | None = None,
+        drop_wan_input: bool = False,
     ) -> Router:
         """A forwarding host between wan and lan; LAN hosts route via it.
 
         nat="eim": ``masquerade`` (endpoint-independent mapping); nat="edm":
         ``masquerade random,fully-random`` (endpoint-dependent, "symmetric"); nat="udp-blocked":
         like "eim" for TCP, but no UDP is forwarded either way; None: plain routing.
-        With NAT, unsolicited inbound forwarding from the WAN is dropped, as in a home router.
+        With NAT, unsolicited inbound forwarding from the WAN is dropped, as in a home router;
+        drop_wan_input also drops unsolicited WAN traffic to the router itself, before conntrack
+        confirms an entry for it. Without that, a peer's early punch probe leaves an entry
+        that takes the port masquerade would have preserved for the LAN host's own flow to
+        that peer (tests/netlab/test_punch.py shows it); real home routers drop such input.
         Routers are IPv4 only (NAT66 is not a home-network case worth modelling).
         The router gets a default route only if wan itself has a router (nested NAT).
         Addresses not given are the lowest free ones (so a router made first on a LAN is ``.1``).
@@ -258,6 +265,10 @@ class Lab:
                         {FORWARD_FIRST[nat]}
                         ct state established,related accept
                         iifname "wan0" drop
+                    }}
+                    chain lab_in {{
+                        type filter hook input priority filter; policy accept;
+                        {WAN_INPUT_DROP if drop_wan_input else ""}
                     }}
                 }}
                 """,

@@ -4,7 +4,8 @@ Theory of operation: every cell has the same public segment `pub` (203.0.113.0/2
 host, ``server``, holding 203.0.113.1 and 203.0.113.2; coturn answers STUN on both addresses
 (two servers, so a peer can tell an endpoint-dependent mapping from an independent one) and
 ``p2pd relay`` (the assist) listens on 203.0.113.1:7000. alice sits behind the left router,
-bob behind the right one, each router on the public segment:
+bob behind the right one, each router on the public segment and dropping unsolicited input
+from it as home routers do (`Lab.router`'s drop_wan_input says why punching needs that):
 
 ======== ============================================================================
 kind     the peer's side of the cell
@@ -245,7 +246,7 @@ def build_cell(
 
 def _router(lab: Lab, name: str, pub: Segment, home: Segment, kind: Kind, wan: str) -> Router:
     """A router of the kind's NAT on pub/home; upnp adds the lab miniupnpd, cgnat the stock one."""
-    router = lab.router(name, pub, home, ROUTER_NAT[kind], wan_address=wan)
+    router = lab.router(name, pub, home, ROUTER_NAT[kind], wan_address=wan, drop_wan_input=True)
     if kind in ("upnp", "cgnat"):
         from .miniupnpd import miniupnpd_unavailable_reason, start_miniupnpd
 

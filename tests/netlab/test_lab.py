@@ -343,6 +343,41 @@ def test_a_second_address_on_a_host_answers(lab: Lab) -> None:
     assert len(sink_result(sink)) == 5
 
 
+# From the server's SINK_PORT, one datagram to a router's WAN address and POISON_PORT; then
+# alice sends from POISON_PORT to that SINK_PORT, the flow whose reply tuple it would clash with.
+POISON_PORT = 40001
+POISON = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", int(sys.argv[2])))
+s.sendto(b"early probe", (sys.argv[1], int(sys.argv[3])))
+"""
+FROM_PORT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", int(sys.argv[2])))
+s.sendto(b"0", (sys.argv[1], int(sys.argv[3]))); s.sendto(b"done", (sys.argv[1], int(sys.argv[4])))
+"""
+
+
+@pytest.mark.parametrize("drop_wan_input", [True, False])
+def test_dropping_wan_input_keeps_an_early_probe_from_stealing_the_port(
+    lab: Lab, drop_wan_input: bool
+) -> None:
+    pub, home = lab.segment("pub", "203.0.113.0/24"), lab.segment("home1", "10.1.0.0/24")
+    server, alice = lab.host("server"), lab.host("alice")
+    lab.attach(server, pub, "203.0.113.1")
+    lab.router("rtr1", pub, home, "eim", wan_address="203.0.113.11", drop_wan_input=drop_wan_input)
+    lab.attach(alice, home)
+    poison = [sys.executable, "-c", POISON, "203.0.113.11", str(SINK_PORT), str(POISON_PORT)]
+    lab.check_output(server, poison)
+    sink = start_sink(lab, server, SINK_PORT, CONTROL_PORT)
+    argv = [sys.executable, "-c", FROM_PORT, server.ip, str(POISON_PORT), str(SINK_PORT),
+            str(CONTROL_PORT)]  # fmt: skip
+    lab.check_output(alice, argv)
+    [(_, ip, port, _)] = sink_result(sink)
+    assert ip == "203.0.113.11"
+    assert (port == POISON_PORT) == drop_wan_input
+
+
 def test_teardown_removes_every_namespace_even_when_the_body_raises() -> None:
     require_lab()
     with pytest.raises(RuntimeError), Lab() as lab:
