@@ -35,8 +35,8 @@ from transports.punch import (
 )
 
 from .lab import Lab
-from .nodes import Host
-from .presets import HOMES, PRESETS
+from .nodes import Host, Nat
+from .presets import HOMES, PRESETS, PUBLIC_SERVER, PUBLIC_SUBNET
 
 pytestmark = pytest.mark.netlab
 
@@ -69,6 +69,16 @@ def home_router_input_firewall(lab: Lab) -> None:
         lab.nft(lab.hosts[router], INPUT_FIREWALL)
 
 
+def mixed_homes(lab: Lab, nats: tuple[Nat, Nat]) -> None:
+    """The presets' two homes, but rtr1 and rtr2 of different kinds (public Lab API only)."""
+    pub = lab.segment("pub", PUBLIC_SUBNET)
+    lab.attach(lab.host("server"), pub, PUBLIC_SERVER)
+    for (segment, subnet, router, wan_address, peer), nat in zip(HOMES, nats, strict=True):
+        home = lab.segment(segment, subnet)
+        lab.router(router, pub, home, nat, wan_address=wan_address)
+        lab.attach(lab.host(peer), home)
+
+
 def start_probe(lab: Lab, host: Host, port: int, peer: str, *extra: str) -> subprocess.Popen[str]:
     argv = [sys.executable, str(PROBE), "--port", str(port), "--peer", peer,
             "--deadline", str(GIVE_UP_LIMIT), *extra]  # fmt: skip
@@ -91,10 +101,14 @@ def outcome(proc: subprocess.Popen[str]) -> dict[str, dict[str, Any]]:
     return events
 
 
-def punch(lab: Lab, *extra: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+def punch(
+    lab: Lab, *extra: str, alice_extra: tuple[str, ...] = ()
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Start alice, then bob STAGGER later, each aimed at the other's router:local-port."""
     (_, _, _, wan1, _), (_, _, _, wan2, _) = HOMES
-    alice = start_probe(lab, lab.hosts["alice"], ALICE_PORT, f"{wan2}:{BOB_PORT}", *extra)
+    alice = start_probe(
+        lab, lab.hosts["alice"], ALICE_PORT, f"{wan2}:{BOB_PORT}", *extra, *alice_extra
+    )
     time.sleep(STAGGER)  # not waiting for anything: the lateness itself is under test
     bob = start_probe(lab, lab.hosts["bob"], BOB_PORT, f"{wan1}:{ALICE_PORT}", *extra)
     result = outcome(alice), outcome(bob)
@@ -150,3 +164,65 @@ def test_routers_that_accept_wan_input_lose_port_preservation(lab: Lab) -> None:
     alice, bob = punch(lab)
     for side in (alice, bob):
         assert_gave_up_within_budget(side)
+
+
+def test_eim_against_edm_prediction_keeps_its_budget_and_records_the_outcome(lab: Lab) -> None:
+    """alice behind an EIM router knows bob's is symmetric and sprays bob's router: the odds
+    are SPRAY_BUDGET / 64512 = 1.6 % per attempt (transports.punch docstring), so this mostly
+    records a clean give-up; a lucky win must then be a real, symmetric validation."""
+    mixed_homes(lab, ("eim", "edm"))
+    home_router_input_firewall(lab)
+    alice, bob = punch(lab, alice_extra=("--peer-nat", "dependent"))
+    assert alice["done"]["budget_used"] <= SPRAY_BUDGET
+    assert bob["done"]["budget_used"] <= SPRAY_BUDGET
+    if "validated" in alice:
+        assert alice["validated"]["source"] == "predicted"
+        assert alice["validated"]["addr"][0] == HOMES[1][3]
+        assert bob["validated"]["addr"] == [HOMES[0][3], ALICE_PORT]
+    else:
+        assert_gave_up_within_budget(alice)
+        assert alice["done"]["budget_used"] == SPRAY_BUDGET
+        assert "gave_up" in bob
+
+
+def mapped_port(lab: Lab, router: str, src: str, dst: str, dport: int) -> int | None:
+    """The public port router's NAT gave the UDP flow src -> dst:dport, from its conntrack."""
+    table = lab.check_output(lab.hosts[router], ["cat", "/proc/net/nf_conntrack"])
+    for line in table.splitlines():
+        fields = line.split()
+        if "udp" not in fields or f"src={src}" not in fields or f"dport={dport}" not in fields:
+            continue
+        if f"dst={dst}" not in fields:
+            continue
+        # Original tuple first, then the reply tuple, whose dport is the NAT's public port.
+        _, reply_dport = (int(f.split("=")[1]) for f in fields if f.startswith("dport="))
+        return reply_dport
+    return None
+
+
+#: Distance between bob's real mapping and the port alice is told: inside the spray window.
+WINDOW_OFFSET = 10
+
+
+def test_a_prediction_hit_through_real_edm_validates_both_ways(lab: Lab) -> None:
+    """Rig the guess, not the NAT: bob starts first, his router's conntrack shows the random
+    port it gave his flow to alice, and alice is told a port WINDOW_OFFSET away, so her spray
+    window reaches the real one.  Proves spray, ACK and symmetric validation through real
+    masquerade random,fully-random."""
+    mixed_homes(lab, ("eim", "edm"))
+    home_router_input_firewall(lab)
+    (_, _, _, wan1, _), (_, _, _, wan2, _) = HOMES
+    bob = start_probe(lab, lab.hosts["bob"], BOB_PORT, f"{wan1}:{ALICE_PORT}")
+    bob_ip = lab.hosts["bob"].ip
+    deadline = time.monotonic() + EIM_CONNECT_LIMIT
+    while (port := mapped_port(lab, "rtr2", bob_ip, wan1, ALICE_PORT)) is None:
+        assert time.monotonic() < deadline, "bob's first probe never left rtr2"
+    guess = port + WINDOW_OFFSET if port + WINDOW_OFFSET <= 65535 else port - WINDOW_OFFSET
+    alice = start_probe(lab, lab.hosts["alice"], ALICE_PORT, f"{wan2}:{guess}",
+                        "--peer-nat", "dependent")  # fmt: skip
+    a, b = outcome(alice), outcome(bob)
+    print("bob mapped to", port, "alice", json.dumps(a.get("validated")))
+    assert a["validated"]["addr"] == [wan2, port]
+    assert a["validated"]["source"] == "predicted"
+    assert b["validated"]["addr"] == [wan1, ALICE_PORT]
+    assert a["done"]["budget_used"] <= 2 * WINDOW_OFFSET + SPRAY_RATE * EIM_CONNECT_LIMIT
