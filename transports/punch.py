@@ -47,6 +47,13 @@ fresh mapping of ours, so the peer's NAT never sees the source it expects: the o
 nil, and only the relay helps.  Prediction pays off against sequential allocators, and it
 is bounded so it never turns into a port scan.
 
+Known limit, seen in the lab with real Linux masquerade: a router that *accepts* datagrams
+for its own WAN address (no input firewall) records our early probe as a connection to
+itself; when its LAN host then sends to us, masquerade finds the source port taken and maps
+it to a random one, so an endpoint-independent router behaves like a symmetric one for this
+pair.  Home routers drop unsolicited WAN input before conntrack keeps it; the remedy for
+the others (first probes with a TTL that dies before the peer's router) is not done here.
+
 Time: ``now`` is the node's monotonic clock; the frames' MAC needs Unix time for its epoch,
 which the core computes as ``now + wall_offset`` (the driver measures the offset once), so
 the core never reads a clock.  Usage: :meth:`add_remote`; feed every 0x08 datagram to
@@ -262,7 +269,11 @@ class PunchCore:
         state = self._peers.get(peer)
         if state is None:
             if len(self._peers) >= MAX_PEERS:
-                raise LocalError(f"already punching to {MAX_PEERS} peers")
+                # Peers the network made up yield to one the caller names.
+                learned = [n for n in self._peers if n.startswith(PRFLX_PEER_PREFIX)]
+                if not learned:
+                    raise LocalError(f"already punching to {MAX_PEERS} peers")
+                self.stop(learned[0])
             state = self._peers[peer] = _Peer(peer, peer_nat)
         elif peer_nat is not None:
             state.nat = peer_nat

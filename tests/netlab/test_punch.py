@@ -146,6 +146,7 @@ def test_eim_routers_punch_both_ways_within_two_seconds(lab: Lab) -> None:
         assert side["done"]["counters"].get("drop_mac", 0) == 0
 
 
+@pytest.mark.slow
 def test_edm_routers_spray_within_budget_then_give_up_cleanly(lab: Lab) -> None:
     """Both sides symmetric (fully-random ports): prediction cannot win (module docstring of
     transports.punch), so the outcome recorded is a clean give-up within the budget."""
@@ -157,6 +158,7 @@ def test_edm_routers_spray_within_budget_then_give_up_cleanly(lab: Lab) -> None:
         assert side["done"]["budget_used"] == SPRAY_BUDGET
 
 
+@pytest.mark.slow
 def test_routers_that_accept_wan_input_lose_port_preservation(lab: Lab) -> None:
     """The stock preset router: alice's early probe poisons rtr2's conntrack (module
     docstring), bob is mapped to another port, and the pair gives up within budget."""
@@ -166,6 +168,7 @@ def test_routers_that_accept_wan_input_lose_port_preservation(lab: Lab) -> None:
         assert_gave_up_within_budget(side)
 
 
+@pytest.mark.slow
 def test_eim_against_edm_prediction_keeps_its_budget_and_records_the_outcome(lab: Lab) -> None:
     """alice behind an EIM router knows bob's is symmetric and sprays bob's router: the odds
     are SPRAY_BUDGET / 64512 = 1.6 % per attempt (transports.punch docstring), so this mostly

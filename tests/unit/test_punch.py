@@ -18,6 +18,7 @@ from transports.punch import (
     FIRST_INTERVAL,
     MAX_CANDIDATES_PER_PEER,
     MAX_INTERVAL,
+    MAX_PEERS,
     MAX_TRIES,
     PREDICT_AFTER_TRIES,
     SPRAY_BUDGET,
@@ -325,3 +326,33 @@ def test_budget_rate_and_tries_are_never_exceeded(ops: list[tuple[object, ...]])
     # A spray may also hit a candidate's port once per attempt (its ports are distinct).
     assert all(n <= (MAX_TRIES + 1) * (stops + 1) for n in per_addr.values())
     assert c.counters["spray_sent"] <= SPRAY_BUDGET * 2 * (stops + 1)
+
+
+def test_a_probe_from_a_stranger_address_starts_a_learned_peer() -> None:
+    a, b = core(1), core(2)
+    b.add_remote(A, "relay", 0.0, peer="alice")
+    [(probe, _)] = b.datagrams_to_send(0.0)
+    a.receive_untrusted(probe, B, 0.01)  # a knows no candidate of b at all
+    [check] = [d for d, addr in a.datagrams_to_send(0.01) if d[1] == KIND_PROBE and addr == B]
+    b.receive_untrusted(check, A, 0.02)
+    [ack] = [d for d, _ in b.datagrams_to_send(0.02) if d[1] == KIND_ACK]
+    a.receive_untrusted(ack, B, 0.03)
+    [event] = events(a)
+    assert isinstance(event, Validated)
+    assert event.peer == "prflx-" + b.sender_id.hex()
+    assert (event.addr, event.source) == (B, "prflx")
+
+
+def test_learned_peers_yield_to_named_ones_when_the_table_is_full() -> None:
+    a = core(1)
+    for i in range(MAX_PEERS):
+        stranger = core(100 + i)
+        stranger.add_remote(A, "relay", 0.0)
+        [(probe, _)] = stranger.datagrams_to_send(0.0)
+        a.receive_untrusted(probe, (f"203.0.113.{i + 1}", 9), 0.0)
+    assert a.add_remote(B, "offer", 0.0, peer="named")
+    assert a.nominated("named") is None
+    for i in range(MAX_PEERS - 1):
+        a.add_remote(("198.51.100.9", i + 1), "offer", 0.0, peer=f"named{i}")
+    with pytest.raises(LocalError):
+        a.add_remote(B, "offer", 0.0, peer="one too many")
