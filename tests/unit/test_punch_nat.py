@@ -91,6 +91,7 @@ class Host:
     local: Addr
     nat: Nat | None = None
     events: list[Validated | GaveUp] = field(default_factory=list)
+    event_times: list[float] = field(default_factory=list)
 
     @property
     def public_ip(self) -> str:
@@ -124,6 +125,7 @@ class Internet:
                     heapq.heappush(self.queue, (when, next(self.seq), to, src, data))
         while (event := host.core.next_event()) is not None:
             host.events.append(event)
+            host.event_times.append(self.now)
 
     def run(self, until: float = HORIZON) -> None:
         while True:
@@ -192,6 +194,7 @@ def test_two_eim_nats_validate_within_a_few_rtts_of_the_later_peer(b_late: float
     assert va is not None and vb is not None
     assert va.addr == ("203.0.113.12", 40002)
     assert vb.addr == ("203.0.113.11", 40001)
+    assert max(alice.event_times + bob.event_times) <= b_late + 3 * RTT
     assert alice.core.budget_used("peer") == bob.core.budget_used("peer") == 0
 
 
