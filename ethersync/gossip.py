@@ -40,6 +40,7 @@ from ethersync.gossip_store import ItemStore, MemoryStore
 from ethersync.gossip_wire import (
     DIGEST_SIZE,
     MAX_IDS,
+    MAX_ITEM_WIRE_SIZE,
     Digest,
     IHave,
     Item,
@@ -81,12 +82,14 @@ Event = ItemReceived | PeersLearned
 
 @dataclass(slots=True)
 class _Peer:
+    name: bytes
     send_bucket: TokenBucket
     recv_bucket: TokenBucket
     eager: bool
     queue: collections.deque[bytes] = field(default_factory=collections.deque)
     queued_bytes: int = 0
     ihave: list[tuple[bytes, bytes, int]] = field(default_factory=list)
+    catchup: dict[bytes, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -128,6 +131,8 @@ class GossipCore:
         self._next_anti_entropy = now + self._jitter(self.config.startup_anti_entropy)
         self._next_peer_exchange = now + self._jitter(self.config.peer_exchange_interval)
         self._ihave_flush: float | None = None
+        self._pulling_from: bytes | None = None
+        self._pull_until = now
         #: Network input dropped, by reason (``gossip_*`` parse errors and policy drops).
         self.drops: collections.Counter[str] = collections.Counter()
         #: Messages sent, by type, and totals of bytes sent and accepted.
@@ -151,6 +156,7 @@ class GossipCore:
         eager = sum(p.eager for p in self._peers.values()) < self.fanout
         cfg = self.config
         self._peers[peer] = _Peer(
+            peer,
             TokenBucket(cfg.send_rate, cfg.send_burst),
             TokenBucket(cfg.recv_rate, cfg.recv_burst),
             eager,
@@ -199,10 +205,10 @@ class GossipCore:
                 state.eager = True
                 self._send_items(peer, [i for i in map(self.store.get, ids) if i], False)
             case Digest(digest, _):
-                if digest != self._digest():
+                if digest != self._digest() and self._may_pull(peer, now):
                     self._send(peer, Summary(self._vector_now(), True))
             case Summary(vector, reply):
-                self._on_summary(peer, vector, reply)
+                self._on_summary(peer, vector, reply, now)
             case Prune():
                 state.eager = False
             case Peers(peers):
@@ -227,6 +233,8 @@ class GossipCore:
                 # Only items being disseminated spread further; one that came in an
                 # anti-entropy answer is old news that our other peers already hold.
                 self._spread(item, peer, now)
+            elif peer == self._pulling_from:
+                self._pull_until = now + self.config.want_timeout
         state = self._peers.get(peer)
         if state is None or not eager or not items:
             return
@@ -255,18 +263,54 @@ class GossipCore:
             else:
                 self.drops["gossip_wants_full"] += 1
 
-    def _on_summary(self, peer: bytes, theirs: dict[bytes, int], reply: bool) -> None:
+    def _may_pull(self, peer: bytes, now: float) -> bool:
+        """Whether to let ``peer`` stream what we lack: not while another peer does.
+
+        Two peers streaming the same backlog would send every item twice.  The pull
+        ends ``want_timeout`` after its last new item; until then other peers' probes
+        go unanswered (they probe again next round).
+        """
+        if peer != self._pulling_from and now < self._pull_until:
+            return False
+        self._pulling_from = peer
+        self._pull_until = now + self.config.want_timeout
+        return True
+
+    def _on_summary(self, peer: bytes, theirs: dict[bytes, int], reply: bool, now: float) -> None:
+        """Start sending what the peer lacks; ask for what we lack if ``reply``."""
+        state = self._peers.get(peer)
+        if state is None:
+            return
         ours = self._vector_now()
-        budget = self.config.catchup_items
-        missing: list[Item] = []
         for author, top in ours.items():
-            if top > theirs.get(author, 0) and budget > 0:
-                batch = self.store.missing_after(author, theirs.get(author, 0), budget)
-                missing.extend(batch)
-                budget -= len(batch)
-        self._send_items(peer, missing, False)
-        if reply and any(top > ours.get(author, 0) for author, top in theirs.items()):
+            known = theirs.get(author, 0)
+            if top > known:
+                state.catchup[author] = max(state.catchup.get(author, 0), known)
+        self._refill(state)
+        if (
+            reply
+            and any(top > ours.get(author, 0) for author, top in theirs.items())
+            and self._may_pull(peer, now)
+        ):
             self._send(peer, Summary(ours, False))
+
+    def _refill(self, state: _Peer) -> None:
+        """Queue catch-up items for a peer while its queue has room for a batch.
+
+        ``catchup`` maps each author the peer lacks to the last seq queued for it, so a
+        backlog of any size streams out at the send rate in one anti-entropy round,
+        holding at most ``max_queue_bytes`` of it in memory.
+        """
+        catchup = state.catchup
+        room = self.config.max_queue_bytes - self.config.catchup_batch * MAX_ITEM_WIRE_SIZE
+        while catchup and state.queued_bytes <= room:
+            author, cursor = next(iter(catchup.items()))
+            batch = self.store.missing_after(author, cursor, self.config.catchup_batch)
+            if not batch:
+                del catchup[author]
+                continue
+            catchup[author] = batch[-1].seq
+            self._send_items(state.name, batch, False)
 
     # -- output -----------------------------------------------------------------------
 
@@ -325,6 +369,8 @@ class GossipCore:
                 state.queued_bytes -= len(data)
                 self.bytes_sent += len(data)
                 out.append((peer, data))
+                if not queue and state.catchup:
+                    self._refill(state)
         return out
 
     def next_event(self) -> Event | None:

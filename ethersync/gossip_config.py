@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ethersync.gossip_wire import MAX_MESSAGE_SIZE
+from ethersync.gossip_wire import MAX_ITEM_WIRE_SIZE, MAX_MESSAGE_SIZE
 from p2pd.errors import LocalError
 
 #: Peers a new item is first pushed to in full; the eager tree then prunes itself.  Three
@@ -50,8 +50,9 @@ RECV_RATE = 2 * SEND_RATE
 RECV_BURST = 4.0 * MAX_MESSAGE_SIZE
 #: Bytes queued for one peer behind its rate limit; beyond that, anti-entropy recovers.
 MAX_QUEUE_BYTES = 8 * 1024 * 1024
-#: Items sent in answer to one version vector: one round carries a week of team chat.
-CATCHUP_ITEMS = 10_000
+#: Items read from the store at a time for a peer that is catching up: the backlog
+#: streams from the store as the send queue drains, never all at once.
+CATCHUP_BATCH = 32
 #: Target size of one ``push`` message (several small items share one message).
 PUSH_BYTES = 60 * 1024
 
@@ -77,7 +78,7 @@ class GossipConfig:
     recv_rate: float = RECV_RATE
     recv_burst: float = RECV_BURST
     max_queue_bytes: int = MAX_QUEUE_BYTES
-    catchup_items: int = CATCHUP_ITEMS
+    catchup_batch: int = CATCHUP_BATCH
     push_bytes: int = PUSH_BYTES
 
     def __post_init__(self) -> None:
@@ -92,7 +93,9 @@ class GossipConfig:
             raise LocalError("rate-limit bursts must fit the largest message")
         if self.max_queue_bytes < MAX_MESSAGE_SIZE or self.push_bytes > MAX_MESSAGE_SIZE:
             raise LocalError("queue must fit, and pushes must stay under, the largest message")
-        if self.catchup_items < 1 or min(self.fanout, self.lazy_fanout) < 0:
-            raise LocalError("catchup_items must be positive, fanouts non-negative")
+        if self.max_queue_bytes < 2 * self.catchup_batch * MAX_ITEM_WIRE_SIZE:
+            raise LocalError("max_queue_bytes must fit two catch-up batches of largest items")
+        if self.catchup_batch < 1 or min(self.fanout, self.lazy_fanout) < 0:
+            raise LocalError("catchup_batch must be positive, fanouts non-negative")
         if self.peers_per_exchange < 0:
             raise LocalError("peers_per_exchange must be non-negative")

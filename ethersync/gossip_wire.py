@@ -37,6 +37,8 @@ AUTHOR_SIZE = 32
 #: Largest item blob: an envelope (text message or file manifest); file chunks travel
 #: outside gossip, so 64 KiB covers a manifest of ~2,000 chunk hashes.
 MAX_BLOB_SIZE = 64 * 1024
+#: Most bytes one item adds to a ``push``: the blob, its CBOR head, id, author and seq.
+MAX_ITEM_WIRE_SIZE = MAX_BLOB_SIZE + 128
 #: Largest gossip message: a few full items, or a version vector of MAX_AUTHORS entries
 #: (each ~38 bytes), with headroom.  Anything longer is dropped unparsed.
 MAX_MESSAGE_SIZE = 256 * 1024

@@ -11,7 +11,16 @@ import pytest
 from ethersync.gossip import GossipCore, ItemReceived, PeersLearned
 from ethersync.gossip_config import GossipConfig
 from ethersync.gossip_store import MemoryStore
-from ethersync.gossip_wire import IHave, Item, Peers, Push, Summary, Want, encode
+from ethersync.gossip_wire import (
+    MAX_ITEM_WIRE_SIZE,
+    IHave,
+    Item,
+    Peers,
+    Push,
+    Summary,
+    Want,
+    encode,
+)
 from p2pd.errors import LocalError
 
 AUTHOR = bytes(range(32))
@@ -205,14 +214,33 @@ def test_send_rate_limit_holds_and_the_queue_drains_later() -> None:
     assert later > 0
 
 
-def test_send_queue_is_bounded() -> None:
-    a = core(b"a", max_queue_bytes=300 * 1024)
-    for s in range(1, 2001):
-        a.publish(make_item(s, size=1000), 0.0)
-    a.add_peer(b"b")
-    a.receive_untrusted(b"b", encode(Summary({}, False)), 0.0)
-    assert a.queued_bytes <= 300 * 1024
-    assert a.drops["gossip_send_queue_full"] > 0
+def test_a_backlog_larger_than_the_queue_streams_out_in_one_round() -> None:
+    """20,000 items (20 MB) behind a 1 MiB queue: one round, every item, no drop."""
+    queue = 2 * 8 * MAX_ITEM_WIRE_SIZE + 1
+    a = core(b"a", max_queue_bytes=queue, catchup_batch=8, anti_entropy_interval=1000.0)
+    items = [make_item(s, size=1000) for s in range(1, 20_001)]
+    for item in items:
+        a.publish(item, 0.0)
+    b = core(b"b", anti_entropy_interval=1000.0)
+    wire = Wire(a, b)
+    wire.link(a, b)
+    peak = 0
+    now = 0.0
+    while len(wire.received[b"b"]) < len(items) and now < 60.0:
+        now += 0.05
+        wire.now = now
+        for c in (a, b):
+            if c.get_timer() <= now:
+                c.handle_timer(now)
+        peak = max(peak, a.queued_bytes)
+        wire.pump()
+    assert wire.received[b"b"] == items
+    # only the first round after start (no other round is due for 1000 s)
+    assert a.sent["digest"] + b.sent["digest"] <= 2
+    assert peak <= queue
+    assert not a.drops and not b.drops
+    # the send rate, not the round, bounds the time: 20 MB at 1 MiB/s
+    assert 15.0 < now < 30.0
 
 
 def test_receive_rate_limit_drops_a_flooding_peer() -> None:

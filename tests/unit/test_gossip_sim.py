@@ -30,7 +30,9 @@ def test_two_hundred_nodes_converge_through_loss_and_churn_near_the_minimum() ->
     config = SimConfig(nodes=200, items=100, loss=0.01, churn=0.05, seed=3)
     result = simulate(config)
     gossip = config.gossip
-    assert result.convergence_time < 60.0
+    # once the last restarted node is back, a few seconds (convergence can only wait for
+    # a node that is down)
+    assert result.all_back_time < 15.0
     assert result.delivery_p99 < 10.0
     # every node must receive every item once: the overhead is a small factor
     assert 1.0 < result.ratio < 3.0
