@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import heapq
 import random
 from dataclasses import dataclass, field
 
 from ethersync.gossip_config import GossipConfig
+from ethersync.gossip_events import Event, ItemReceived, PeersLearned
 from ethersync.gossip_store import ItemStore, MemoryStore
+from ethersync.gossip_wants import WantTable
 from ethersync.gossip_wire import (
     DIGEST_SIZE,
     MAX_IDS,
@@ -57,27 +58,10 @@ from ethersync.gossip_wire import (
 from p2pd.errors import BadFrame, LocalError
 from p2pd.ratelimit import TokenBucket
 
+__all__ = ["Event", "GossipCore", "ItemReceived", "PeersLearned"]
+
 #: Bytes of CBOR framing around a ``push`` message's item list (map, keys, list head).
 PUSH_OVERHEAD = 32
-
-
-@dataclass(frozen=True, slots=True)
-class ItemReceived:
-    """An item new to this node arrived from ``peer``; delivered exactly once."""
-
-    item: Item
-    peer: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PeersLearned:
-    """``peer`` told us of these peers we do not have; the driver may connect to them."""
-
-    peer: bytes
-    peers: tuple[bytes, ...]
-
-
-Event = ItemReceived | PeersLearned
 
 
 @dataclass(slots=True)
@@ -90,12 +74,6 @@ class _Peer:
     queued_bytes: int = 0
     ihave: list[tuple[bytes, bytes, int]] = field(default_factory=list)
     catchup: dict[bytes, int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Want:
-    announcers: list[bytes]
-    deadline: float
 
 
 class GossipCore:
@@ -121,8 +99,7 @@ class GossipCore:
         self._rng = rng or random.Random()  # noqa: S311
         self.store: ItemStore = store if store is not None else MemoryStore()
         self._peers: dict[bytes, _Peer] = {}
-        self._wants: dict[bytes, _Want] = {}
-        self._want_heap: list[tuple[float, bytes]] = []
+        self._wants = WantTable(self.config)
         self._events: collections.deque[Event] = collections.deque()
         self._vector: dict[bytes, int] | None = None
         self._vector_digest: bytes | None = None
@@ -227,7 +204,7 @@ class GossipCore:
                 continue
             new += 1
             self._vector = None
-            wanted = self._wants.pop(item.item_id, None) is not None
+            wanted = self._wants.arrived(item.item_id)
             self._events.append(ItemReceived(item, peer))
             if eager or wanted:
                 # Only items being disseminated spread further; one that came in an
@@ -248,19 +225,10 @@ class GossipCore:
 
     def _on_ihave(self, peer: bytes, ids: tuple[tuple[bytes, bytes, int], ...], now: float) -> None:
         vector = self._vector_now()
-        cfg = self.config
         for item_id, author, seq in ids:
             if seq <= vector.get(author, 0) or self.store.has(item_id):
                 continue
-            want = self._wants.get(item_id)
-            if want is not None:
-                if peer not in want.announcers and len(want.announcers) < cfg.max_announcers:
-                    want.announcers.append(peer)
-            elif len(self._wants) < cfg.max_pending_wants:
-                deadline = now + cfg.want_delay
-                self._wants[item_id] = _Want([peer], deadline)
-                heapq.heappush(self._want_heap, (deadline, item_id))
-            else:
+            if not self._wants.announce(item_id, peer, now):
                 self.drops["gossip_wants_full"] += 1
 
     def _may_pull(self, peer: bytes, now: float) -> bool:
@@ -384,8 +352,9 @@ class GossipCore:
         timer = self._next_anti_entropy  # peer exchange rides on an anti-entropy round
         if self._ihave_flush is not None:
             timer = min(timer, self._ihave_flush)
-        if self._want_heap:
-            timer = min(timer, self._want_heap[0][0])
+        wants = self._wants.next_deadline()
+        if wants is not None:
+            timer = min(timer, wants)
         for state in self._peers.values():
             if state.queue:
                 bucket = state.send_bucket
@@ -416,26 +385,13 @@ class GossipCore:
             self._next_anti_entropy = now + self._jitter(cfg.anti_entropy_interval)
 
     def _run_wants(self, now: float) -> None:
+        """Ask announcers for the items whose eager copy is overdue; asking grafts."""
         requests: dict[bytes, list[bytes]] = {}
-        heap = self._want_heap
-        while heap and heap[0][0] <= now:
-            deadline, item_id = heapq.heappop(heap)
-            want = self._wants.get(item_id)
-            if want is None or want.deadline != deadline:
-                continue
-            if not want.announcers or self.store.has(item_id):
-                del self._wants[item_id]
-                continue
-            peer = want.announcers.pop(0)
+        for peer, item_id in self._wants.due(now):
             state = self._peers.get(peer)
-            if state is not None:
+            if state is not None and not self.store.has(item_id):
                 state.eager = True
                 requests.setdefault(peer, []).append(item_id)
-            want.deadline = now + self.config.want_timeout
-            heapq.heappush(heap, (want.deadline, item_id))
-        if len(heap) > 2 * self.config.max_pending_wants:
-            self._want_heap = [(w.deadline, i) for i, w in self._wants.items()]
-            heapq.heapify(self._want_heap)
         for peer, ids in requests.items():
             for start in range(0, len(ids), MAX_IDS):
                 self._send(peer, Want(tuple(ids[start : start + MAX_IDS])))
