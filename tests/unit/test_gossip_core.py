@@ -7,15 +7,20 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ethersync.gossip import GossipCore, ItemReceived, PeersLearned
 from ethersync.gossip_config import GossipConfig
 from ethersync.gossip_store import MemoryStore
 from ethersync.gossip_wire import (
     MAX_ITEM_WIRE_SIZE,
+    Digest,
     IHave,
     Item,
+    Message,
     Peers,
+    Prune,
     Push,
     Summary,
     Want,
@@ -295,3 +300,55 @@ def test_bad_config_is_refused() -> None:
         GossipConfig(send_burst=10.0)
     with pytest.raises(LocalError):
         GossipConfig(anti_entropy_interval=0.0)
+
+
+POOL = [make_item(s, author) for author in (AUTHOR, bytes(32)) for s in range(1, 6)]
+pool_items = st.sampled_from(POOL)
+pool_ids = st.sampled_from([i.item_id for i in POOL] + [bytes([7]) * 32])
+peer_names = st.sampled_from([b"p1", b"p2", b"p3"])
+valid_messages = st.one_of(
+    st.builds(Push, st.lists(pool_items, max_size=3).map(tuple), st.booleans()),
+    st.builds(
+        IHave,
+        st.lists(
+            st.tuples(pool_ids, st.sampled_from([AUTHOR, bytes(32)]), st.integers(1, 9)),
+            max_size=4,
+        ).map(tuple),
+    ),
+    st.builds(Want, st.lists(pool_ids, max_size=4).map(tuple)),
+    st.builds(
+        Summary,
+        st.dictionaries(st.sampled_from([AUTHOR, bytes(32)]), st.integers(1, 9)),
+        st.booleans(),
+    ),
+    st.builds(Digest, st.binary(min_size=16, max_size=16), st.integers(0, 3)),
+    st.just(Prune()),
+    st.builds(Peers, st.lists(peer_names, max_size=3).map(tuple)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(peer_names, valid_messages, st.floats(0.0, 3.0)), max_size=40))
+def test_any_sequence_of_messages_keeps_the_invariants(
+    steps: list[tuple[bytes, Message, float]],
+) -> None:
+    node = core(b"me", max_pending_wants=4)
+    now = 0.0
+    delivered: list[bytes] = []
+    for peer, message, dt in steps:
+        now += dt
+        node.receive_untrusted(peer, encode(message), now)
+        if node.get_timer() <= now:
+            node.handle_timer(now)
+        node.datagrams_to_send(now)
+        while (event := node.next_event()) is not None:
+            if isinstance(event, ItemReceived):
+                delivered.append(event.item.item_id)
+        assert node.pending_wants <= 4
+        assert node.queued_bytes <= 3 * node.config.max_queue_bytes
+    assert len(delivered) == len(set(delivered))
+    assert all(node.store.has(i) for i in delivered)
+    vector = node.store.version_vector()
+    for author, top in vector.items():
+        held = {i.seq for i in POOL if i.author == author and node.store.has(i.item_id)}
+        assert set(range(1, top + 1)) <= held
