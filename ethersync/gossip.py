@@ -60,6 +60,8 @@ from p2pd.ratelimit import TokenBucket
 
 __all__ = ["Event", "GossipCore", "ItemReceived", "PeersLearned"]
 
+#: Times a quiet pull is asked again before the next anti-entropy round takes over.
+MAX_PULL_RETRIES = 3
 #: Bytes of CBOR framing around a ``push`` message's item list (map, keys, list head).
 PUSH_OVERHEAD = 32
 
@@ -110,6 +112,8 @@ class GossipCore:
         self._ihave_flush: float | None = None
         self._pulling_from: bytes | None = None
         self._pull_until = now
+        self._pull_target: dict[bytes, int] | None = None
+        self._pull_retries = 0
         #: Network input dropped, by reason (``gossip_*`` parse errors and policy drops).
         self.drops: collections.Counter[str] = collections.Counter()
         #: Messages sent, by type, and totals of bytes sent and accepted.
@@ -182,7 +186,7 @@ class GossipCore:
                 state.eager = True
                 self._send_items(peer, [i for i in map(self.store.get, ids) if i], False)
             case Digest(digest, _):
-                if digest != self._digest() and self._may_pull(peer, now):
+                if digest != self._digest() and not self._pulling_elsewhere(peer, now):
                     self._send(peer, Summary(self._vector_now(), True))
             case Summary(vector, reply):
                 self._on_summary(peer, vector, reply, now)
@@ -210,8 +214,8 @@ class GossipCore:
                 # Only items being disseminated spread further; one that came in an
                 # anti-entropy answer is old news that our other peers already hold.
                 self._spread(item, peer, now)
-            elif peer == self._pulling_from:
-                self._pull_until = now + self.config.want_timeout
+            else:
+                self._may_pull(peer, now)  # an anti-entropy stream: it is our pull now
         state = self._peers.get(peer)
         if state is None or not eager or not items:
             return
@@ -231,14 +235,16 @@ class GossipCore:
             if not self._wants.announce(item_id, peer, now):
                 self.drops["gossip_wants_full"] += 1
 
-    def _may_pull(self, peer: bytes, now: float) -> bool:
-        """Whether to let ``peer`` stream what we lack: not while another peer does.
+    def _pulling_elsewhere(self, peer: bytes, now: float) -> bool:
+        """Whether another peer is streaming us what we lacked (until ``want_timeout``
+        after its last new item).  Two peers streaming the same backlog would send every
+        item twice, so meanwhile we neither ask others nor answer their probes (they
+        probe again next round)."""
+        return peer != self._pulling_from and now < self._pull_until
 
-        Two peers streaming the same backlog would send every item twice.  The pull
-        ends ``want_timeout`` after its last new item; until then other peers' probes
-        go unanswered (they probe again next round).
-        """
-        if peer != self._pulling_from and now < self._pull_until:
+    def _may_pull(self, peer: bytes, now: float) -> bool:
+        """Make ``peer`` the one we pull from, unless we are pulling from another."""
+        if self._pulling_elsewhere(peer, now):
             return False
         self._pulling_from = peer
         self._pull_until = now + self.config.want_timeout
@@ -255,12 +261,31 @@ class GossipCore:
             if top > known:
                 state.catchup[author] = max(state.catchup.get(author, 0), known)
         self._refill(state)
-        if (
-            reply
-            and any(top > ours.get(author, 0) for author, top in theirs.items())
-            and self._may_pull(peer, now)
-        ):
+        if reply and self._behind(theirs) and self._may_pull(peer, now):
+            self._pull_target, self._pull_retries = theirs, 0
             self._send(peer, Summary(ours, False))
+
+    def _behind(self, theirs: dict[bytes, int]) -> bool:
+        ours = self._vector_now()
+        return any(top > ours.get(author, 0) for author, top in theirs.items())
+
+    def _check_pull(self, now: float) -> None:
+        """A pull that went quiet while we still lack what the peer said it has lost a
+        message on the way: ask again, from where we are now."""
+        target, peer = self._pull_target, self._pulling_from
+        if target is None or now < self._pull_until:
+            return
+        if (
+            peer in self._peers
+            and self._behind(target)
+            and self._pull_retries < MAX_PULL_RETRIES
+            and peer is not None
+        ):
+            self._pull_retries += 1
+            self._pull_until = now + self.config.want_timeout
+            self._send(peer, Summary(self._vector_now(), False))
+        else:
+            self._pull_target = None
 
     def _refill(self, state: _Peer) -> None:
         """Queue catch-up items for a peer while its queue has room for a batch.
@@ -352,6 +377,8 @@ class GossipCore:
         timer = self._next_anti_entropy  # peer exchange rides on an anti-entropy round
         if self._ihave_flush is not None:
             timer = min(timer, self._ihave_flush)
+        if self._pull_target is not None:
+            timer = min(timer, self._pull_until)
         wants = self._wants.next_deadline()
         if wants is not None:
             timer = min(timer, wants)
@@ -372,6 +399,7 @@ class GossipCore:
                     ids, state.ihave = state.ihave, []
                     self._send(peer, IHave(tuple(ids)))
         self._run_wants(now)
+        self._check_pull(now)
         if self._peers and now >= self._next_anti_entropy:
             partner = self._rng.choice(list(self._peers))
             self._send(partner, Digest(self._digest(), len(self._vector_now())))
