@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from ethersync.gossip_wire import (
     Push,
     Summary,
     Want,
+    decode_untrusted,
     encode,
 )
 from p2pd.errors import LocalError
@@ -48,6 +50,7 @@ class Wire:
         self.cores = {c.node_id: c for c in cores}
         self.received: dict[bytes, list[Item]] = {c.node_id: [] for c in cores}
         self.now = 0.0
+        self.drop: Callable[[bytes, bytes, bytes], bool] | None = None
 
     def link(self, a: GossipCore, b: GossipCore) -> None:
         a.add_peer(b.node_id)
@@ -67,6 +70,8 @@ class Wire:
                 return moved
             for sender, peer, data in batch:
                 moved += 1
+                if self.drop is not None and self.drop(sender.node_id, peer, data):
+                    continue
                 if peer in self.cores:
                     self.cores[peer].receive_untrusted(sender.node_id, data, self.now)
 
@@ -134,6 +139,29 @@ def test_anti_entropy_catches_up_a_node_that_missed_everything_in_one_round() ->
     assert b.store.version_vector() == a.store.version_vector()
     # one exchange each way: digest, summary, (summary back,) pushes
     assert a.sent["summary"] + b.sent["summary"] <= 2
+
+
+def test_a_push_lost_mid_catch_up_is_asked_for_again_before_the_next_round() -> None:
+    a = core(b"a", anti_entropy_interval=1000.0)
+    items = [make_item(s, size=30_000) for s in range(1, 11)]
+    for item in items:
+        a.publish(item, 0.0)
+    b = core(b"b", anti_entropy_interval=1000.0)
+    wire = Wire(a, b)
+    wire.link(a, b)
+    pushes = 0
+
+    def lose_first_push(sender: bytes, peer: bytes, data: bytes) -> bool:
+        nonlocal pushes
+        if decode_untrusted(data).__class__ is Push:
+            pushes += 1
+            return pushes == 1
+        return False
+
+    wire.drop = lose_first_push
+    wire.advance(GossipConfig().startup_anti_entropy * 1.5 + GossipConfig().want_timeout + 1.0)
+    assert sorted(i.seq for i in wire.received[b"b"]) == list(range(1, 11))
+    assert b.sent["summary"] == 2
 
 
 def test_in_sync_nodes_exchange_only_digests() -> None:
