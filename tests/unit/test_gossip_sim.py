@@ -12,7 +12,7 @@ import trio.testing
 
 from ethersync.gossip import GossipCore, ItemReceived
 from ethersync.gossip_wire import Item
-from ethersync.sim import SimConfig, simulate
+from ethersync.sim import SimConfig, Simulation, simulate
 
 SMALL = SimConfig(nodes=60, items=30, churn=0.1, loss=0.02, steady_seconds=60.0, seed=7)
 
@@ -28,7 +28,9 @@ def test_another_seed_another_run() -> None:
 
 def test_two_hundred_nodes_converge_through_loss_and_churn_near_the_minimum() -> None:
     config = SimConfig(nodes=200, items=100, loss=0.01, churn=0.05, seed=3)
-    result = simulate(config)
+    sim = Simulation(config)
+    result = sim.run()
+    assert all(len(node.store) == config.items for node in sim.nodes)
     gossip = config.gossip
     # once the last restarted node is back, a few seconds (convergence can only wait for
     # a node that is down)
