@@ -5,19 +5,24 @@ Theory of operation
 Three mechanisms, cheapest first, each covering what the previous one missed:
 
 1. **Eager push along a tree** (Plumtree, Leitao et al. 2007).  A new item -- published
-   here or received for the first time -- goes in full to the *eager* peers (at first
-   ``fanout`` random ones) except the one it came from.  A node that receives a copy it
-   already had answers ``prune``: the sender moves it to its lazy peers.  The eager
-   links thus shrink to a spanning tree and each node receives each item about once.
-2. **Lazy push of ids** (``ihave``), batched every ``ihave_delay``, to every other peer.
-   A node that hears of an item it lacks waits ``want_delay`` for the eager copy, then
-   asks one announcer (``want``, which also grafts the link back onto the tree), and the
-   next announcer after each ``want_timeout``.
+   here, or received for the first time in an eager or requested ``push`` -- goes in full
+   to the *eager* peers (at first ``fanout`` of them) except the one it came from.  A node
+   that receives an eager copy it already had marks the sender lazy and answers
+   ``prune``, which makes the sender mark it lazy too; a new eager copy marks the sender
+   eager.  The eager links thus shrink towards a spanning tree.
+2. **Lazy push of ids** (``ihave``), batched every ``ihave_delay``, to ``lazy_fanout``
+   random lazy peers.  A node that hears of an item it lacks waits ``want_delay`` for
+   the eager copy, then asks one announcer (``want``, which also grafts the link back
+   onto the tree), and the next announcer after each ``want_timeout``
+   (:mod:`ethersync.gossip_wants`).
 3. **Anti-entropy** every ``anti_entropy_interval`` (jittered) with one random peer:
    ``digest`` (a 16-byte hash of the version vector) costs ~30 bytes when both agree,
    which is the steady state.  On a mismatch the peers swap version vectors (``sum``)
-   and each pushes what the other lacks, so a node back from a week offline catches up
-   in one round, two round trips.
+   and each streams what the other lacks through a per-author cursor refilled as its
+   send queue drains, so a backlog of any size goes out in one round at the send rate.
+   While one peer streams to us we leave other peers' digests unanswered (no backlog is
+   sent twice), and if the stream goes quiet before we hold what its vector promised, we
+   ask again.
 
 Bounds: duplicates are suppressed by the store (item ids and per-author sequence numbers
 below the contiguous version vector); pending ``want``s are capped at
