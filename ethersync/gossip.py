@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from ethersync.gossip_config import GossipConfig
 from ethersync.gossip_events import Event, ItemReceived, PeersLearned
+from ethersync.gossip_pull import Pull, behind
 from ethersync.gossip_store import ItemStore, MemoryStore
 from ethersync.gossip_wants import WantTable
 from ethersync.gossip_wire import (
@@ -65,8 +66,6 @@ from p2pd.ratelimit import TokenBucket
 
 __all__ = ["Event", "GossipCore", "ItemReceived", "PeersLearned"]
 
-#: Times a quiet pull is asked again before the next anti-entropy round takes over.
-MAX_PULL_RETRIES = 3
 #: Bytes of CBOR framing around a ``push`` message's item list (map, keys, list head).
 PUSH_OVERHEAD = 32
 
@@ -115,10 +114,7 @@ class GossipCore:
         self._next_anti_entropy = now + self._jitter(self.config.startup_anti_entropy)
         self._next_peer_exchange = now + self._jitter(self.config.peer_exchange_interval)
         self._ihave_flush: float | None = None
-        self._pulling_from: bytes | None = None
-        self._pull_until = now
-        self._pull_target: dict[bytes, int] | None = None
-        self._pull_retries = 0
+        self._pull = Pull(now, self.config.want_timeout)
         #: Network input dropped, by reason (``gossip_*`` parse errors and policy drops).
         self.drops: collections.Counter[str] = collections.Counter()
         #: Messages sent, by type, and totals of bytes sent and accepted.
@@ -191,7 +187,8 @@ class GossipCore:
                 state.eager = True
                 self._send_items(peer, [i for i in map(self.store.get, ids) if i], False)
             case Digest(digest, _):
-                if digest != self._digest() and not self._pulling_elsewhere(peer, now):
+                # Our vector in answer makes the peer stream what we lack: a pull.
+                if digest != self._digest() and self._pull.claim(peer, now):
                     self._send(peer, Summary(self._vector_now(), True))
             case Summary(vector, reply):
                 self._on_summary(peer, vector, reply, now)
@@ -220,7 +217,7 @@ class GossipCore:
                 # anti-entropy answer is old news that our other peers already hold.
                 self._spread(item, peer, now)
             else:
-                self._may_pull(peer, now)  # an anti-entropy stream: it is our pull now
+                self._pull.claim(peer, now)  # an anti-entropy stream: it is our pull now
         state = self._peers.get(peer)
         if state is None or not eager or not items:
             return
@@ -240,21 +237,6 @@ class GossipCore:
             if not self._wants.announce(item_id, peer, now):
                 self.drops["gossip_wants_full"] += 1
 
-    def _pulling_elsewhere(self, peer: bytes, now: float) -> bool:
-        """Whether another peer is streaming us what we lacked (until ``want_timeout``
-        after its last new item).  Two peers streaming the same backlog would send every
-        item twice, so meanwhile we neither ask others nor answer their probes (they
-        probe again next round)."""
-        return peer != self._pulling_from and now < self._pull_until
-
-    def _may_pull(self, peer: bytes, now: float) -> bool:
-        """Make ``peer`` the one we pull from, unless we are pulling from another."""
-        if self._pulling_elsewhere(peer, now):
-            return False
-        self._pulling_from = peer
-        self._pull_until = now + self.config.want_timeout
-        return True
-
     def _on_summary(self, peer: bytes, theirs: dict[bytes, int], reply: bool, now: float) -> None:
         """Start sending what the peer lacks; ask for what we lack if ``reply``."""
         state = self._peers.get(peer)
@@ -266,31 +248,8 @@ class GossipCore:
             if top > known:
                 state.catchup[author] = max(state.catchup.get(author, 0), known)
         self._refill(state)
-        if reply and self._behind(theirs) and self._may_pull(peer, now):
-            self._pull_target, self._pull_retries = theirs, 0
+        if reply and behind(ours, theirs) and self._pull.claim(peer, now, theirs):
             self._send(peer, Summary(ours, False))
-
-    def _behind(self, theirs: dict[bytes, int]) -> bool:
-        ours = self._vector_now()
-        return any(top > ours.get(author, 0) for author, top in theirs.items())
-
-    def _check_pull(self, now: float) -> None:
-        """A pull that went quiet while we still lack what the peer said it has lost a
-        message on the way: ask again, from where we are now."""
-        target, peer = self._pull_target, self._pulling_from
-        if target is None or now < self._pull_until:
-            return
-        if (
-            peer in self._peers
-            and self._behind(target)
-            and self._pull_retries < MAX_PULL_RETRIES
-            and peer is not None
-        ):
-            self._pull_retries += 1
-            self._pull_until = now + self.config.want_timeout
-            self._send(peer, Summary(self._vector_now(), False))
-        else:
-            self._pull_target = None
 
     def _refill(self, state: _Peer) -> None:
         """Queue catch-up items for a peer while its queue has room for a batch.
@@ -382,8 +341,9 @@ class GossipCore:
         timer = self._next_anti_entropy  # peer exchange rides on an anti-entropy round
         if self._ihave_flush is not None:
             timer = min(timer, self._ihave_flush)
-        if self._pull_target is not None:
-            timer = min(timer, self._pull_until)
+        pull = self._pull.timer()
+        if pull is not None:
+            timer = min(timer, pull)
         wants = self._wants.next_deadline()
         if wants is not None:
             timer = min(timer, wants)
@@ -404,7 +364,9 @@ class GossipCore:
                     ids, state.ihave = state.ihave, []
                     self._send(peer, IHave(tuple(ids)))
         self._run_wants(now)
-        self._check_pull(now)
+        again = self._pull.retry(now, self._vector_now())
+        if again is not None:
+            self._send(again, Summary(self._vector_now(), False))
         if self._peers and now >= self._next_anti_entropy:
             partner = self._rng.choice(list(self._peers))
             self._send(partner, Digest(self._digest(), len(self._vector_now())))
