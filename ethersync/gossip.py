@@ -225,7 +225,9 @@ class GossipCore:
             # A tree link carries items both ways: the sender treats us as eager, so we
             # treat it as eager too (Plumtree starts every link eager on both ends).
             state.eager = True
-        else:
+        elif sum(p.eager for p in self._peers.values()) > self.config.min_eager:
+            # A duplicate: this link closes a cycle.  Keeping min_eager links anyway
+            # keeps the tree bushy, so items from every author reach us in few hops.
             state.eager = False
             self._send(peer, Prune())
 

@@ -180,7 +180,7 @@ def test_in_sync_nodes_exchange_only_digests() -> None:
 
 
 def test_a_replayed_push_is_never_delivered_twice_and_prunes_the_sender() -> None:
-    a, b = core(b"a"), core(b"b")
+    a, b = core(b"a"), core(b"b", min_eager=0)
     wire = Wire(a, b)
     wire.link(a, b)
     item = make_item(1)
@@ -195,6 +195,19 @@ def test_a_replayed_push_is_never_delivered_twice_and_prunes_the_sender() -> Non
     a.publish(make_item(2), 0.0)
     assert a.sent["push"] == 0  # b is lazy for a now
     assert a.sent["prune"] == 0
+
+
+def test_duplicates_do_not_prune_below_min_eager_links() -> None:
+    b = core(b"b", min_eager=2)
+    for name in (b"p1", b"p2", b"p3"):
+        b.add_peer(name)
+    item = make_item(1)
+    for name in (b"p1", b"p2", b"p3"):
+        b.receive_untrusted(name, encode(Push((item,), True)), 0.0)
+    assert b.drops["gossip_duplicate"] == 2
+    assert b.sent["prune"] == 1  # the third eager link went; two stay whatever comes
+    b.receive_untrusted(b"p2", encode(Push((item,), True)), 0.0)
+    assert b.sent["prune"] == 1
 
 
 def test_a_conflicting_item_for_a_held_sequence_number_is_rejected() -> None:
