@@ -78,7 +78,7 @@ class _Peer:
     eager: bool
     queue: collections.deque[bytes] = field(default_factory=collections.deque)
     queued_bytes: int = 0
-    ihave: list[tuple[bytes, bytes, int]] = field(default_factory=list)
+    ihave: list[bytes] = field(default_factory=list)
     catchup: dict[bytes, int] = field(default_factory=dict)
 
 
@@ -231,12 +231,9 @@ class GossipCore:
             state.eager = False
             self._send(peer, Prune())
 
-    def _on_ihave(self, peer: bytes, ids: tuple[tuple[bytes, bytes, int], ...], now: float) -> None:
-        vector = self._vector_now()
-        for item_id, author, seq in ids:
-            if seq <= vector.get(author, 0) or self.store.has(item_id):
-                continue
-            if not self._wants.announce(item_id, peer, now):
+    def _on_ihave(self, peer: bytes, ids: tuple[bytes, ...], now: float) -> None:
+        for item_id in ids:
+            if not self.store.has(item_id) and not self._wants.announce(item_id, peer, now):
                 self.drops["gossip_wants_full"] += 1
 
     def _on_summary(self, peer: bytes, theirs: dict[bytes, int], reply: bool, now: float) -> None:
@@ -286,7 +283,7 @@ class GossipCore:
         if len(lazy) > self.config.lazy_fanout:
             lazy = self._rng.sample(lazy, self.config.lazy_fanout)
         for state in lazy:
-            state.ihave.append((item.item_id, item.author, item.seq))
+            state.ihave.append(item.item_id)
         if lazy and self._ihave_flush is None:
             self._ihave_flush = now + self.config.ihave_delay
 

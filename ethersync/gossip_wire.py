@@ -11,7 +11,7 @@ whether an item is genuine (signature and hash inside the envelope).
 | ``t`` | fields | meaning |
 |---|---|---|
 | ``push`` | ``i``: ``[[id, a, s, blob], ...]``, ``e``: bool | items; ``e``: pushed unasked |
-| ``ihave`` | ``i``: ``[[id, a, s], ...]`` | lazy announcement: "I have these" |
+| ``ihave`` | ``i``: ``[id, ...]`` | lazy announcement: "I have these" |
 | ``want`` | ``i``: ``[id, ...]`` | "send me these" (also grafts the sender onto the eager tree) |
 | ``digest`` | ``d``: 16 bytes, ``n``: int | anti-entropy probe: a hash of the version vector |
 | ``sum`` | ``v``: ``{a: s}``, ``r``: bool | version vector; ``r``: "send me yours" |
@@ -74,7 +74,7 @@ class Push:
 
 @dataclass(frozen=True, slots=True)
 class IHave:
-    ids: tuple[tuple[bytes, bytes, int], ...]
+    ids: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +118,7 @@ def encode(message: Message) -> bytes:
         case Push(items, eager):
             body = {"t": "push", "i": [_item_fields(item) for item in items], "e": eager}
         case IHave(ids):
-            body = {"t": "ihave", "i": [list(entry) for entry in ids]}
+            body = {"t": "ihave", "i": list(ids)}
         case Want(ids):
             body = {"t": "want", "i": list(ids)}
         case Digest(digest, authors):
@@ -170,17 +170,6 @@ def _item_untrusted(entry: object) -> Item:
     )
 
 
-def _ihave_untrusted(entry: object) -> tuple[bytes, bytes, int]:
-    fields = _list(entry, 3)
-    if len(fields) != 3:
-        raise BadFrame("gossip_ihave")
-    return (
-        _bytes(fields[0], ID_SIZE, "gossip_id"),
-        _bytes(fields[1], AUTHOR_SIZE, "gossip_author"),
-        _seq(fields[2]),
-    )
-
-
 def _vector_untrusted(value: object) -> dict[bytes, int]:
     if not isinstance(value, dict) or len(value) > MAX_AUTHORS:
         raise BadFrame("gossip_vector")
@@ -210,7 +199,8 @@ def decode_untrusted(data: bytes) -> Message:
             raise BadFrame("gossip_push")
         return Push(tuple(_item_untrusted(e) for e in _list(obj.get("i"), MAX_IDS)), eager)
     if kind == "ihave":
-        return IHave(tuple(_ihave_untrusted(e) for e in _list(obj.get("i"), MAX_IDS)))
+        ids = _list(obj.get("i"), MAX_IDS)
+        return IHave(tuple(_bytes(e, ID_SIZE, "gossip_id") for e in ids))
     if kind == "want":
         ids = _list(obj.get("i"), MAX_IDS)
         return Want(tuple(_bytes(e, ID_SIZE, "gossip_id") for e in ids))
