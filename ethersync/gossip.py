@@ -9,7 +9,8 @@ Three mechanisms, cheapest first, each covering what the previous one missed:
    to the *eager* peers (at first ``fanout`` of them) except the one it came from.  A node
    that receives an eager copy it already had marks the sender lazy and answers
    ``prune``, which makes the sender mark it lazy too; a new eager copy marks the sender
-   eager.  The eager links thus shrink towards a spanning tree.
+   eager.  The eager links thus shrink towards a spanning tree, but each node keeps
+   ``min_eager`` of them so the tree stays shallow for every author, not just the first.
 2. **Lazy push of ids** (``ihave``), batched every ``ihave_delay``, to ``lazy_fanout``
    random lazy peers.  A node that hears of an item it lacks waits ``want_delay`` for
    the eager copy, then asks one announcer (``want``, which also grafts the link back
