@@ -37,9 +37,9 @@ def test_two_hundred_nodes_converge_through_loss_and_churn_near_the_minimum() ->
     assert result.all_back_time < 15.0
     assert result.delivery_p99 < 10.0
     # every node must receive every item once: the overhead is a small factor
-    assert 1.0 < result.ratio < 3.0
+    assert 1.0 < result.ratio < 2.2
     # once in sync, only digests and peer exchange: a few hundred bytes a minute
-    assert result.steady_bytes_per_node_minute < 1000
+    assert result.steady_bytes_per_node_minute < 400
     # the node that was away for a week catches up in about one anti-entropy round
     assert result.week_catchup_time < 1.5 * gossip.startup_anti_entropy + 1.0
     assert result.week_bytes_received < 2 * config.items * config.item_size
