@@ -60,7 +60,7 @@ MAX_PLAINTEXT = 1200
 RELAYED_HOLDOFF = 2.0
 #: While a peer is reached only through a relay, punching is retried this often (a NAT or
 #: firewall may open later; the session then moves to the direct path).
-REPUNCH_INTERVAL = 10.0
+REPUNCH_INTERVAL = 5.0
 #: How often gather_addresses looks whether discovery has settled.
 GATHER_POLL = 0.05
 
@@ -205,6 +205,8 @@ class Node:
         merged = Counter(self.counters)
         if self._endpoint is not None:
             merged.update({f"endpoint_{k}": v for k, v in self._endpoint.counters.items()})
+        if self.wan is not None:
+            merged.update({f"wan_{k}": v for k, v in self.wan.all_counters().items()})
         return dict(merged)
 
     # -- tasks ------------------------------------------------------------------------
@@ -277,8 +279,9 @@ class Node:
             return
         if not vaddr.is_virtual(candidate.addr):
             self.paths.note(candidate.addr, candidate.path)
-        elif candidate.found_at >= 0 and not self._race.over:
-            # A relayed path: give hole punching RELAYED_HOLDOFF to find a direct one.
+        elif candidate.path == "relay" and candidate.found_at >= 0 and not self._race.over:
+            # A relayed path: give hole punching RELAYED_HOLDOFF to find a direct one.  (A
+            # relay reached over TCP means our UDP is blocked: nothing to wait for.)
             held = Candidate(candidate.addr, candidate.path, -1.0)
             self._held.append((trio.current_time() + RELAYED_HOLDOFF, held))
             self._kick.set()

@@ -399,6 +399,18 @@ class WanCore:
             elif isinstance(event, GaveUp):
                 self.counters["punch_gave_up"] += 1
 
+    def all_counters(self) -> collections.Counter[str]:
+        """Our counters and every sub-core's, prefixed by the core's name."""
+        merged = collections.Counter(self.counters)
+        merged.update({f"punch_{k}": v for k, v in self.punch.counters.items()})
+        if self.stun is not None:
+            merged.update({f"stun_{k}": v for k, v in self.stun.counters.items()})
+        for relay in self._relays:
+            for client in (relay.udp, relay.tcp):
+                if client is not None:
+                    merged.update({f"relay_{k}": v for k, v in client.counters.items()})
+        return merged
+
     def settled(self) -> bool:
         """Whether every STUN server and relay has answered or given up (for offers)."""
         stun_done = self.stun is None or self.stun.done
