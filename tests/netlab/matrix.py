@@ -153,12 +153,21 @@ def expected(left: Kind, right: Kind) -> Expectation:
             "assist, or to a TCP port its peer mapped); the other peer reaches it through the "
             "assist over UDP (relay) or over TCP (tcp)",
         )
+    if "upnp" in kinds and kinds <= {"eim", "upnp"}:
+        return _both(
+            {"mapped", "punched"},
+            "a upnp router is an eim NAT under its mapping, and miniupnpd maps the node's own "
+            "port, which masquerade preserves too: the mapped and the punched address are the "
+            "same public address, and the punch usually completes before UPnP discovery has "
+            "granted the mapping (about a second into the run), so either label is the "
+            "direct path",
+        )
     if "upnp" in kinds:
         return _both(
             {"mapped"},
             "the miniupnpd router grants a UDP port mapping; the other side sends to that "
             "public address and its own NAT lets the answers back in (flow state), whatever "
-            "its mapping behaviour",
+            "its mapping behaviour; punching alone cannot work against the edm side",
         )
     if kinds == {"eim"}:
         return _both(
