@@ -322,8 +322,8 @@ class PeerRun:
 
     @property
     def connect_ms(self) -> float | None:
-        """The node's own time to connect (``connected``'s elapsed_ms: from the winning
-        candidate's discovery to the handshake; 0 on the side that answered it)."""
+        """The node's own time to connect (``connected``'s elapsed_ms, as the node's race
+        measures it)."""
         connected = self.first("connected")
         return None if connected is None else float(str(connected["elapsed_ms"]))
 
