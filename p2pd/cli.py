@@ -102,20 +102,37 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="HOST:PORT",
-        help="STUN server to learn the public address and NAT type (repeatable; default: none)",
+        help="STUN server: public address and NAT type (repeatable; default: none)",
     )
     parser.add_argument(
         "--assist",
         action="append",
         default=[],
         metavar="HOST:PORT",
-        help="assist relay (p2pd relay) for rendezvous, hole punching and relaying (repeatable)",
+        help="assist relay (p2pd relay): rendezvous, punching, relaying (repeatable)",
     )
     parser.add_argument("--offer", metavar="OFFER", help="connect using an offer from p2pd offer")
     parser.add_argument(
         "--no-upnp", action="store_true", help="do not ask the gateway for a port mapping"
     )
     parser.add_argument("--no-tcp", action="store_true", help="no TCP listener or TCP fallback")
+
+
+def _resolve(addr: tuple[str, int], option: str) -> tuple[str, int]:
+    """``addr`` with its host name looked up (relays and STUN servers are matched by IP)."""
+    import ipaddress  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    try:
+        ipaddress.ip_address(addr[0])
+        return addr
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(addr[0], addr[1], type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise LocalError(f"{option}: cannot resolve {addr[0]!r}: {exc}") from None
+    return str(infos[0][4][0]), addr[1]
 
 
 def _parse_target(
@@ -142,8 +159,8 @@ def _make_node(args: argparse.Namespace, passphrase: str) -> Any:
         beacons=not args.no_beacon,
         mdns=not args.no_mdns,
         targets=tuple(_parse_target(t) for t in args.target),
-        stun=tuple(_parse_target(t, "--stun") for t in args.stun),
-        assists=tuple(_parse_target(t, "--assist") for t in args.assist),
+        stun=tuple(_resolve(_parse_target(t, "--stun"), "--stun") for t in args.stun),
+        assists=tuple(_resolve(_parse_target(t, "--assist"), "--assist") for t in args.assist),
         portmap=not args.no_upnp,
         tcp=not args.no_tcp,
         offer=_offer_candidates(args, params.tag_key),

@@ -227,6 +227,8 @@ class Node:
             tcp=config.tcp,
             now=now,
             wall=time.time(),
+            local=[(str(iface.ip), self.port) for _, iface in ipv4_interfaces(None)],
+            local_port=self.port,
         )
         self._io = WanIO(
             on_datagram=self._on_tcp_datagram,

@@ -129,6 +129,8 @@ class WanCore:
         tcp: bool,
         now: float,
         wall: float,
+        local: Sequence[Addr] = (),
+        local_port: int | None = None,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._params = params
@@ -137,7 +139,9 @@ class WanCore:
         self.counters: collections.Counter[str] = collections.Counter()
         self._events: collections.deque[WanEvent] = collections.deque()
         self._out: list[tuple[bytes, Route]] = []
-        self.stun = StunProber(stun, now, rng=rng) if stun else None
+        self.stun = (
+            StunProber(stun, now, local=local, local_port=local_port, rng=rng) if stun else None
+        )
         self._stun_due = now + STUN_REFRESH
         self.punch = PunchCore(punch_key(params.tag_key), wall_offset=wall - now, rng=rng)
         self._relays = [
