@@ -22,9 +22,6 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import partial
 
 import trio
 
@@ -40,16 +37,28 @@ from p2pd.endpoint import (
 )
 from p2pd.errors import BadFrame, LocalError
 from p2pd.identity import Identity, fingerprint
+from p2pd.node_types import (
+    Delivered,
+    MessageIn,
+    NodeConfig,
+    NodeEvent,
+    PathChanged,
+    PeerDown,
+    PeerState,
+    PeerUp,
+    Tick,
+)
+from p2pd.node_wan import WanPaths
 from p2pd.pathbook import PathBook
 from p2pd.reliable import Channel, ChannelClosed, MessageDelivered, MessageReceived
 from p2pd.udp import Addr, UdpSocket
-from p2pd.wan import NewCandidate, OpenTcp, OwnAddress, Route, TcpRoute, UdpRoute, WanCore
+from p2pd.wan import Route, TcpRoute, UdpRoute, WanCore
 from p2pd.wanio import TCP_TARGET_AFTER, WanIO
 from transports.base import Candidate
 from transports.beacon import BEACON_TYPE, BeaconCore
 from transports.lan import ipv4_interfaces, run_beacons
 from transports.mdns import run_mdns
-from transports.portmap import MAPPED, PortmapStatus, run_portmap
+from transports.portmap import PortmapStatus
 from transports.racer import RaceCore
 
 #: Payload bytes of a DATA packet handed to the reliable channel: 1280 (IPv6 minimum MTU)
@@ -58,92 +67,9 @@ MAX_PLAINTEXT = 1200
 #: Seconds a relayed candidate waits before it joins the race: hole punching validates in a
 #: round trip or two once both peers know each other, and a direct path is worth that wait.
 RELAYED_HOLDOFF = 2.0
-#: While a peer is reached only through a relay, punching is retried this often (a NAT or
-#: firewall may open later; the session then moves to the direct path).
-REPUNCH_INTERVAL = 5.0
-#: How often gather_addresses looks whether discovery has settled.
-GATHER_POLL = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class PeerUp:
-    """A peer completed the handshake; ``path`` says how it was reached."""
-
-    peer_id: bytes
-    fingerprint: str
-    addr: Addr
-    path: str
-    elapsed: float
-
-
-@dataclass(frozen=True, slots=True)
-class MessageIn:
-    peer_id: bytes
-    fingerprint: str
-    message: messages.AppMessage
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    peer_id: bytes
-    fingerprint: str
-    message_id: int
-    rtt: float
-    path: str
-
-
-@dataclass(frozen=True, slots=True)
-class PeerDown:
-    peer_id: bytes
-    fingerprint: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PathChanged:
-    """A connected peer is now reached another way (an upgrade, or a fallback)."""
-
-    peer_id: bytes
-    fingerprint: str
-    old_path: str
-    path: str
-    addr: Addr
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Nothing happened to a peer; the application asked to be woken (see Node.kick)."""
-
-
-NodeEvent = PeerUp | MessageIn | Delivered | PeerDown | PathChanged | Tick
-
-
-@dataclass(slots=True)
-class _Peer:
-    fingerprint: str
-    addr: Addr
-    path: str
-    channel: Channel
-    closed: bool = False
-
-
-@dataclass(slots=True)
-class NodeConfig:
-    """What a node listens on and how it discovers peers."""
-
-    port: int | None = None  # None: the derived port (another one if taken)
-    interfaces: Sequence[str] | None = None  # None: every interface; ["lo"] in tests
-    beacons: bool = True
-    mdns: bool = True
-    targets: Sequence[Addr] = field(default_factory=tuple)  # explicit candidates (--target)
-    stun: Sequence[Addr] = field(default_factory=tuple)  # STUN servers (--stun); none by default
-    assists: Sequence[Addr] = field(default_factory=tuple)  # assist relays (--assist)
-    portmap: bool = True  # ask the gateway for a port mapping (UPnP, NAT-PMP, PCP)
-    tcp: bool = True  # listen on TCP and fall back to it when UDP fails
-    offer: Sequence[Candidate] = field(default_factory=tuple)  # from --offer
-
-
-class Node:
+class Node(WanPaths):
     """See the module docstring."""
 
     def __init__(
@@ -153,7 +79,7 @@ class Node:
         self.identity = identity
         self.config = config or NodeConfig()
         self.counters: Counter[str] = Counter()
-        self.peers: dict[bytes, _Peer] = {}
+        self.peers: dict[bytes, PeerState] = {}
         self._send_events, self.events = trio.open_memory_channel[NodeEvent](math.inf)
         self._endpoint: Endpoint | None = None
         self._udp: UdpSocket | None = None
@@ -296,166 +222,6 @@ class Node:
             self._race.add(candidate, trio.current_time())
         self._kick.set()
 
-    # -- WAN paths --------------------------------------------------------------------
-
-    def _label(self, addr: Addr) -> str:
-        assert self.wan is not None
-        held = self.portmap is not None and self.portmap.state == MAPPED
-        self.paths.mapped = self.wan.mapped if held else None
-        return self.paths.label(addr, self.wan.path_of(addr))
-
-    def _relabel(self, peer_id: bytes, peer: _Peer) -> None:
-        """Recompute a peer's path label; a change is reported as PathChanged."""
-        path = self._label(peer.addr)
-        if path != peer.path:
-            old, peer.path = peer.path, path
-            self._emit(PathChanged(peer_id, peer.fingerprint, old, path, peer.addr))
-        if path in ("relay", "tcp") and self._repunch_at == math.inf:
-            self._repunch_at = trio.current_time() + REPUNCH_INTERVAL
-
-    def _own_entries(self) -> list[tuple[str, str, int]]:
-        """Where we can be reached, for ``cands``: public addresses first, then LAN ones."""
-        assert self.wan is not None
-        entries: list[tuple[str, str, int]] = [
-            (own.path, own.addr[0], own.addr[1]) for own in self.wan.own_addresses()
-        ]
-        chosen = self.config.interfaces
-        for _name, iface in ipv4_interfaces(chosen):
-            # Loopback only when the user chose interfaces (a test, or a same-host setup).
-            if chosen is not None or not iface.ip.is_loopback:
-                entries.append(("lan", str(iface.ip), self.port))
-        return entries[: messages.MAX_CANDIDATES]
-
-    def own_candidates(self) -> list[Candidate]:
-        """Where a peer may reach us (for offers), best first."""
-        now = trio.current_time()
-        found = [Candidate((host, port), path, now) for path, host, port in self._own_entries()]  # type: ignore[arg-type]
-        return sorted(found, key=lambda c: c.rank)
-
-    async def gather_addresses(self, timeout: float) -> None:
-        """Wait (at most ``timeout``) until STUN and the relays told us our public address."""
-        assert self.wan is not None
-        with trio.move_on_after(timeout):
-            while not self.wan.settled():
-                await trio.sleep(GATHER_POLL)
-
-    def _send_cands(self, peer_id: bytes, channel: Channel, now: float) -> None:
-        entries = self._own_entries()
-        if entries:
-            channel.send_message(messages.cands(entries), now)
-
-    def _on_cands(self, peer: _Peer, entries: list[tuple[str, str, int]]) -> None:
-        """The peer's own addresses: connect to mapped ones, punch to all of them."""
-        assert self.wan is not None
-        now = trio.current_time()
-        checked: list[tuple[str, Addr]] = []
-        for path, host, port in entries:
-            addr = (host, port)
-            if path == "mapped":
-                self.paths.note(addr, "mapped")
-                if not vaddr.is_virtual(peer.addr) and self.paths.label(peer.addr) != "lan":
-                    self._relabel_all()
-                self.add_candidate(Candidate(addr, "mapped", now))
-            checked.append((path, addr))
-        self.wan.peer_candidates(peer.fingerprint, checked, now)
-        self._kick.set()
-
-    def _relabel_all(self) -> None:
-        for peer_id, peer in self.peers.items():
-            self._relabel(peer_id, peer)
-
-    def _on_wan_event(self, event: object, now: float, wall: float) -> None:
-        if isinstance(event, NewCandidate):
-            self.add_candidate(event.candidate)
-        elif isinstance(event, OwnAddress):
-            # Tell connected peers about a new address of ours (a STUN answer after connect).
-            for peer in self.peers.values():
-                if not peer.closed:
-                    peer.channel.send_message(messages.cands(self._own_entries()), now)
-        elif isinstance(event, OpenTcp) and self._io is not None:
-            index = event.relay
-
-            def connected(link: int | None) -> None:
-                if link is None or self.wan is None:
-                    self.counters["relay_tcp_failed"] += 1
-                    return
-                self.wan.relay_tcp_up(index, link, trio.current_time(), time.time())
-                self._kick.set()
-
-            self._io.connect_soon(event.addr, connected)
-
-    def _wan_timers(self, now: float, wall: float) -> None:
-        assert self.wan is not None and self._race is not None
-        wan_timer = self.wan.get_timer()
-        if wan_timer is not None and wan_timer <= now:
-            self.wan.handle_timer(now, wall)
-        if self._held and min(due for due, _ in self._held) <= now:
-            ready = [c for due, c in self._held if due <= now]
-            self._held = [(due, c) for due, c in self._held if due > now]
-            for candidate in ready:
-                if not self._race.over:
-                    self.add_candidate(candidate)
-        if now >= self._repunch_at:
-            self._repunch_at = math.inf
-            if any(p.path in ("relay", "tcp") for p in self.peers.values()):
-                self.wan.repunch(now)
-                self._repunch_at = now + REPUNCH_INTERVAL
-        if now >= self._tcp_targets_at:
-            self._tcp_targets_at = math.inf
-            if not self.peers:
-                for target in self.config.targets:
-                    self._connect_tcp(target)
-
-    def _connect_tcp(self, addr: Addr) -> None:
-        """Reach ``addr`` over TCP (UDP blocked?): a link, then a handshake on it."""
-        assert self._io is not None
-
-        def connected(link: int | None) -> None:
-            if link is None or self._endpoint is None:
-                self.counters["tcp_connect_failed"] += 1
-                return
-            self._late.append(vaddr.tcp_addr(link))
-            self._kick.set()
-
-        self._io.connect_soon(addr, connected)
-
-    def _on_tcp_datagram(self, link: int, data: bytes, peer_addr: Addr) -> None:
-        if self._endpoint is None or self.wan is None:
-            return
-        now, wall = trio.current_time(), time.time()
-        inner = self.wan.receive_tcp(link, data, now, wall)
-        if inner is None:
-            self._endpoint.receive_datagram(data, vaddr.tcp_addr(link), now, wall)
-        else:
-            for payload, source in inner:
-                self._endpoint.receive_datagram(payload, source, now, wall)
-        self._kick.set()
-
-    def _on_link_closed(self, link: int) -> None:
-        if self.wan is not None:
-            self.wan.link_closed(link)
-
-    def _start_portmap(self) -> None:
-        """Ask the gateway for a mapping of our port (UDP and TCP), kept until cancelled."""
-        assert self._nursery is not None
-        self.portmap = PortmapStatus()
-        self._nursery.start_soon(
-            partial(
-                run_portmap,
-                self.port,
-                self._on_mapped,
-                counters=self.counters,
-                status=self.portmap,
-            )
-        )
-
-    def _on_mapped(self, candidate: Candidate) -> None:
-        """Our gateway maps ``candidate.addr`` to us: tell peers, label sessions."""
-        if self.wan is not None:
-            self.wan.set_mapped(candidate.addr)
-            self._relabel_all()
-            self._kick.set()
-
     async def _receive_loop(self) -> None:
         assert self._udp is not None and self._endpoint is not None and self.wan is not None
         udp, endpoint, wan = self._udp, self._endpoint, self.wan
@@ -591,7 +357,7 @@ class Node:
             peer = self.peers.get(event.peer_id)
             if peer is None or peer.closed:
                 channel = Channel(now=now, max_plaintext=MAX_PLAINTEXT)
-                self.peers[event.peer_id] = _Peer(event.fingerprint, event.addr, path, channel)
+                self.peers[event.peer_id] = PeerState(event.fingerprint, event.addr, path, channel)
                 self._emit(PeerUp(event.peer_id, event.fingerprint, event.addr, path, elapsed))
                 self._send_cands(event.peer_id, channel, now)
         elif isinstance(event, PeerAddressChanged):
@@ -607,7 +373,7 @@ class Node:
             self.counters["connect_failed"] += 1
             self._race.failed(event.addr, now)
 
-    def _on_channel_event(self, peer_id: bytes, peer: _Peer, event: object) -> None:
+    def _on_channel_event(self, peer_id: bytes, peer: PeerState, event: object) -> None:
         if isinstance(event, MessageReceived):
             try:
                 message = messages.decode_untrusted(event.data)

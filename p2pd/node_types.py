@@ -1,0 +1,94 @@
+"""What a node tells its application (events), what it is configured with, and what it keeps
+per connected peer.
+
+Why a module of its own: the daemon, the commands and the WAN glue all name these types,
+and none of them needs the node's loops to do so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from p2pd import messages
+from p2pd.reliable import Channel
+from p2pd.udp import Addr
+from transports.base import Candidate
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUp:
+    """A peer completed the handshake; ``path`` says how it was reached."""
+
+    peer_id: bytes
+    fingerprint: str
+    addr: Addr
+    path: str
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class MessageIn:
+    peer_id: bytes
+    fingerprint: str
+    message: messages.AppMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    peer_id: bytes
+    fingerprint: str
+    message_id: int
+    rtt: float
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown:
+    peer_id: bytes
+    fingerprint: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathChanged:
+    """A connected peer is now reached another way (an upgrade, or a fallback)."""
+
+    peer_id: bytes
+    fingerprint: str
+    old_path: str
+    path: str
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Nothing happened to a peer; the application asked to be woken (see Node.kick)."""
+
+
+NodeEvent = PeerUp | MessageIn | Delivered | PeerDown | PathChanged | Tick
+
+
+@dataclass(slots=True)
+class PeerState:
+    fingerprint: str
+    addr: Addr
+    path: str
+    channel: Channel
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    """What a node listens on and how it discovers peers."""
+
+    port: int | None = None  # None: the derived port (another one if taken)
+    interfaces: Sequence[str] | None = None  # None: every interface; ["lo"] in tests
+    beacons: bool = True
+    mdns: bool = True
+    targets: Sequence[Addr] = field(default_factory=tuple)  # explicit candidates (--target)
+    stun: Sequence[Addr] = field(default_factory=tuple)  # STUN servers (--stun); none by default
+    assists: Sequence[Addr] = field(default_factory=tuple)  # assist relays (--assist)
+    portmap: bool = True  # ask the gateway for a port mapping (UPnP, NAT-PMP, PCP)
+    tcp: bool = True  # listen on TCP and fall back to it when UDP fails
+    offer: Sequence[Candidate] = field(default_factory=tuple)  # from --offer
