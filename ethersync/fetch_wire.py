@@ -1,0 +1,142 @@
+"""Chunk-fetch frames: CBOR maps with a type field, their limits, and their untrusted parser.
+
+Theory of operation
+-------------------
+A file is named by its manifest's envelope id (``f``, 32 bytes) and a chunk by the
+BLAKE2b-256 hash of its ciphertext (``h``, 32 bytes), so a peer can serve a chunk it
+holds without knowing which file asks for it, and a fetcher checks the answer against
+the manifest before it spends a decryption.  Every frame is one CBOR map whose ``"t"``
+names its type; the types differ from gossip's, so one driver can carry both.
+
+| ``t`` | fields | meaning |
+|---|---|---|
+| ``have`` | ``f``, ``n``: chunk count, ``b``: bitmap | "I hold these chunks of file f" |
+| ``get`` | ``f``, ``h`` | "send me chunk h (of file f)" |
+| ``chunk`` | ``f``, ``h``, ``b``: sealed chunk | the answer to a ``get`` |
+| ``nope`` | ``f``, ``h`` | "I do not hold chunk h (any more)" |
+
+The bitmap holds bit ``i`` (of byte ``i // 8``, least significant bit first) for chunk
+index ``i``; it is ``ceil(n / 8)`` bytes and bits past ``n`` are zero, so one file's
+announcement is at most 248 bytes.  A ``have`` with no bit set still says "I want this
+file": the peer answers with its own bitmap.
+
+:func:`decode_untrusted` checks sizes and shapes and raises :class:`BadFrame` with a
+``fetch_*`` reason for anything else, so the core can count drops by reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cbor2
+
+from ethersync.chunks import CHUNK_OVERHEAD, HASH_SIZE
+from ethersync.manifest import MAX_CHUNK_SIZE, MAX_CHUNKS
+from p2pd.errors import BadFrame
+
+#: Bytes of a file id (a manifest envelope's BLAKE2b-256 content hash).
+FILE_ID_SIZE = 32
+#: Largest sealed chunk a ``chunk`` frame may carry.
+MAX_CHUNK_BLOB = MAX_CHUNK_SIZE + CHUNK_OVERHEAD
+#: Largest frame: a full chunk plus its CBOR map, type and two ids, with headroom.
+#: Anything longer is dropped unparsed.
+MAX_FRAME_SIZE = MAX_CHUNK_BLOB + 256
+#: Frame types, for a driver that routes frames by ``t`` before handing them over.
+FETCH_TYPES = frozenset({"have", "get", "chunk", "nope"})
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    file_id: bytes
+    count: int
+    bits: int
+
+    def holds(self, index: int) -> bool:
+        return bool(self.bits >> index & 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    file_id: bytes
+    chunk_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    file_id: bytes
+    chunk_hash: bytes
+    blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Nope:
+    file_id: bytes
+    chunk_hash: bytes
+
+
+Frame = Have | Get | Chunk | Nope
+
+
+def bitmap_size(count: int) -> int:
+    """Bytes of the bitmap of a file of ``count`` chunks."""
+    return -(-count // 8)
+
+
+def encode(frame: Frame) -> bytes:
+    """The CBOR bytes of ``frame`` (local values: no checks beyond the types)."""
+    body: dict[str, object]
+    match frame:
+        case Have(file_id, count, bits):
+            bitmap = bits.to_bytes(bitmap_size(count), "little")
+            body = {"t": "have", "f": file_id, "n": count, "b": bitmap}
+        case Get(file_id, chunk_hash):
+            body = {"t": "get", "f": file_id, "h": chunk_hash}
+        case Chunk(file_id, chunk_hash, blob):
+            body = {"t": "chunk", "f": file_id, "h": chunk_hash, "b": blob}
+        case Nope(file_id, chunk_hash):
+            body = {"t": "nope", "f": file_id, "h": chunk_hash}
+    return bytes(cbor2.dumps(body))
+
+
+def _bytes(value: object, size: int, reason: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise BadFrame(reason)
+    return value
+
+
+def _have_untrusted(obj: dict[object, object], file_id: bytes) -> Have:
+    count = obj.get("n")
+    if type(count) is not int or not 0 <= count <= MAX_CHUNKS:
+        raise BadFrame("fetch_have_count")
+    bitmap = _bytes(obj.get("b"), bitmap_size(count), "fetch_have_bitmap")
+    bits = int.from_bytes(bitmap, "little")
+    if bits >> count:
+        raise BadFrame("fetch_have_bitmap")
+    return Have(file_id, count, bits)
+
+
+def decode_untrusted(data: bytes) -> Frame:
+    """Parse one fetch frame from a peer; :class:`BadFrame` for anything malformed."""
+    if len(data) > MAX_FRAME_SIZE:
+        raise BadFrame("fetch_too_big")
+    try:
+        obj = cbor2.loads(data)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, OverflowError):
+        raise BadFrame("fetch_cbor") from None
+    if not isinstance(obj, dict):
+        raise BadFrame("fetch_shape")
+    kind = obj.get("t")
+    if kind not in FETCH_TYPES:
+        raise BadFrame("fetch_type")
+    file_id = _bytes(obj.get("f"), FILE_ID_SIZE, "fetch_file_id")
+    if kind == "have":
+        return _have_untrusted(obj, file_id)
+    chunk_hash = _bytes(obj.get("h"), HASH_SIZE, "fetch_hash")
+    if kind == "get":
+        return Get(file_id, chunk_hash)
+    if kind == "nope":
+        return Nope(file_id, chunk_hash)
+    blob = obj.get("b")
+    if not isinstance(blob, bytes) or not CHUNK_OVERHEAD <= len(blob) <= MAX_CHUNK_BLOB:
+        raise BadFrame("fetch_blob")
+    return Chunk(file_id, chunk_hash, blob)
