@@ -313,6 +313,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                     peer.get("addr", "-"),
                 )
             )
+    for session in status.get("sessions", []):
+        print(f"session {session['id'][:16]}: {_wan_line(session.get('wan') or {})}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -323,6 +325,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     if totals:
         print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())))
     return EXIT_OK
+
+
+def _wan_line(wan: dict[str, Any]) -> str:
+    """One line of a session's WAN state: NAT type, mapping, relays."""
+    nat = wan.get("nat") or {}
+    parts = [f"NAT {nat.get('mapping', 'unknown')}" if nat else "NAT not probed (no --stun)"]
+    if nat.get("reflexive"):
+        parts.append(f"public {nat['reflexive']}")
+    portmap = wan.get("portmap") or {}
+    if portmap:
+        parts.append(f"mapping {portmap.get('state')} {portmap.get('external') or ''}".rstrip())
+    relays = wan.get("relays") or []
+    if relays:
+        up = sum(1 for r in relays if r.get("udp") or r.get("tcp"))
+        parts.append(f"assists {up}/{len(relays)} registered")
+    return ", ".join(parts)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

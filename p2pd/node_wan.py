@@ -62,6 +62,19 @@ class WanPaths:
     def add_candidate(self, candidate: Candidate) -> None:
         raise NotImplementedError
 
+    def wan_status(self) -> dict[str, object]:
+        """NAT type, port mapping, relays and our public addresses, for ``p2pd status``."""
+        status: dict[str, object] = dict(self.wan.status()) if self.wan is not None else {}
+        if self.portmap is not None:
+            mapping = self.portmap
+            external = mapping.external
+            status["portmap"] = {
+                "state": mapping.state,
+                "method": mapping.method,
+                "external": f"{external[0]}:{external[1]}" if external else None,
+            }
+        return status
+
     def _label(self, addr: Addr) -> str:
         assert self.wan is not None
         held = self.portmap is not None and self.portmap.state == MAPPED

@@ -82,6 +82,10 @@ _SCHEMAS: dict[str, Any] = {
             "port": {"type": "integer"},
             "peers": {"type": "array", "items": _ref("Peer")},
             "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "wan": {
+                "type": "object",
+                "description": "NAT type (STUN), port mapping, assists, public addresses",
+            },
         },
     },
     "Sessions": {

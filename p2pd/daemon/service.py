@@ -123,7 +123,13 @@ class Session:
             for peer_id, p in self.node.peers.items()
             if not p.closed and peer_id in self.connected
         ]
-        return {"id": self.id, "port": self.port, "peers": peers, "counters": self.stats()}
+        return {
+            "id": self.id,
+            "port": self.port,
+            "peers": peers,
+            "counters": self.stats(),
+            "wan": self.node.wan_status(),
+        }
 
 
 class Service:

@@ -59,6 +59,10 @@ def test_send_and_listen_through_two_daemons(daemons: Daemons) -> None:
     assert status["sessions"][0]["peers"], status
     table = cli(a.state_dir, "status").stdout
     assert "SESSION" in table and status["sessions"][0]["id"][:16] in table
+    # The WAN side: no --stun was given, no assist, no mapping asked for (--no-upnp).
+    wan = status["sessions"][0]["wan"]
+    assert wan["nat"] is None and wan["relays"] == [] and "portmap" not in wan
+    assert "NAT not probed (no --stun)" in table
 
 
 def test_status_without_daemon_is_one_clear_error(tmp_path: Path) -> None:
