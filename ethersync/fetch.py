@@ -42,7 +42,20 @@ import collections
 import random
 from dataclasses import dataclass, field
 
-from ethersync.fetch_wire import Chunk, Frame, Get, Have, Nope, decode_untrusted, encode
+from ethersync.fetch_wire import (
+    Chunk,
+    ChunkRejected,
+    Event,
+    FetchConfig,
+    FileComplete,
+    FileProgress,
+    Frame,
+    Get,
+    Have,
+    Nope,
+    decode_untrusted,
+    encode,
+)
 from ethersync.keys import SpaceKeys
 from ethersync.manifest import Assembler, Manifest, Offer
 from ethersync.store import Store
@@ -58,69 +71,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class FetchConfig:
-    """Tunables of the fetch core; two peers with different ones interoperate."""
-
-    #: Requests outstanding to one peer: enough to fill a WAN path's bandwidth-delay
-    #: product (8 x 256 KiB = 2 MiB, 160 ms at 100 Mbit/s) without queueing a whole file
-    #: behind one slow peer.
-    max_in_flight_per_peer: int = 8
-    #: Requests outstanding in all: bounds the chunks arriving at once.
-    max_in_flight: int = 32
-    #: Seconds before an unanswered request is asked elsewhere: 8 queued 256 KiB chunks
-    #: take ~17 s on a 1 Mbit/s uplink, so this only catches peers that really stall.
-    get_timeout: float = 30.0
-    #: Seconds a peer that sent a tampered chunk is not asked for that chunk again.
-    tamper_avoid: float = 600.0
-    #: Seconds chunk completions are batched into one ``have`` per file and peer.
-    have_delay: float = 0.25
-    #: Requests queued from one peer; a well-behaved peer has max_in_flight_per_peer.
-    max_serve_queue: int = 16
-    #: Chunk bytes one datagrams_to_send call reads and returns at most.
-    max_send_bytes: int = 8 * 1024 * 1024
-    #: Peers and files tracked at once.
-    max_peers: int = 256
-    max_files: int = 4096
-    #: ``have`` bitmaps kept for files whose manifest has not arrived yet (~250 B each).
-    max_pending_haves: int = 1024
-    #: Timed-out requests per peer whose late answer is still taken.
-    max_late: int = 64
-    #: Events kept for the driver; older ones are dropped (counted) past this.
-    max_events: int = 4096
-    #: Seconds of accepted chunks the reported rate averages over.
-    rate_window: float = 5.0
-
-    def __post_init__(self) -> None:
-        counts = (self.max_in_flight_per_peer, self.max_in_flight, self.max_serve_queue)
-        if min(counts) < 1 or min(self.max_peers, self.max_files, self.max_events) < 1:
-            raise LocalError("fetch limits must be at least 1")
-        if min(self.get_timeout, self.have_delay, self.rate_window) <= 0:
-            raise LocalError("fetch timeouts and delays must be positive")
-
-
-@dataclass(frozen=True, slots=True)
-class FileProgress:
-    file_id: bytes
-    verified_bytes: int
-    total_bytes: int
-    #: Plaintext bytes per second verified over the last ``rate_window``.
-    rate: float
-
-
-@dataclass(frozen=True, slots=True)
-class FileComplete:
-    file_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkRejected:
-    peer: str
-    file_id: bytes
-    index: int
-
-
-Event = FileProgress | FileComplete | ChunkRejected
 _Key = tuple[bytes, bytes]  # (file id, chunk hash)
 #: Weight of a new sample in a peer's smoothed service time (as TCP's SRTT, RFC 6298).
 SERVICE_GAIN = 0.125
@@ -360,7 +310,8 @@ class FetchCore:
             self._emit(FileComplete(entry.file_id))
 
     def _rate(self, entry: _File, now: float) -> float:
-        span = min(self.config.rate_window, now - (entry.started or now))
+        started = now if entry.started is None else entry.started
+        span = min(self.config.rate_window, now - started)
         return sum(size for _, size in entry.samples) / span if span > 0 else 0.0
 
     def _emit(self, event: Event) -> None:

@@ -1,4 +1,4 @@
-"""Chunk-fetch frames: CBOR maps with a type field, their limits, and their untrusted parser.
+"""Chunk-fetch frames, their limits and untrusted parser; the fetch core's tunables and events.
 
 Theory of operation
 -------------------
@@ -32,7 +32,7 @@ import cbor2
 
 from ethersync.chunks import CHUNK_OVERHEAD, HASH_SIZE
 from ethersync.manifest import MAX_CHUNK_SIZE, MAX_CHUNKS
-from p2pd.errors import BadFrame
+from p2pd.errors import BadFrame, LocalError
 
 #: Bytes of a file id (a manifest envelope's BLAKE2b-256 content hash).
 FILE_ID_SIZE = 32
@@ -140,3 +140,73 @@ def decode_untrusted(data: bytes) -> Frame:
     if not isinstance(blob, bytes) or not CHUNK_OVERHEAD <= len(blob) <= MAX_CHUNK_BLOB:
         raise BadFrame("fetch_blob")
     return Chunk(file_id, chunk_hash, blob)
+
+
+# -- the core's tunables and events -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FetchConfig:
+    """Tunables of the fetch core; two peers with different ones interoperate."""
+
+    #: Requests outstanding to one peer: enough to fill a WAN path's bandwidth-delay
+    #: product (8 x 256 KiB = 2 MiB, 160 ms at 100 Mbit/s) without queueing a whole file
+    #: behind one slow peer.
+    max_in_flight_per_peer: int = 8
+    #: Requests outstanding in all: bounds the chunks arriving at once.
+    max_in_flight: int = 32
+    #: Seconds before an unanswered request is asked elsewhere: 8 queued 256 KiB chunks
+    #: take ~17 s on a 1 Mbit/s uplink, so this only catches peers that really stall.
+    get_timeout: float = 30.0
+    #: Seconds a peer that sent a tampered chunk is not asked for that chunk again.
+    tamper_avoid: float = 600.0
+    #: Seconds chunk completions are batched into one ``have`` per file and peer.
+    have_delay: float = 0.25
+    #: Requests queued from one peer; a well-behaved peer has max_in_flight_per_peer.
+    max_serve_queue: int = 16
+    #: Chunk bytes one datagrams_to_send call reads and returns at most.
+    max_send_bytes: int = 8 * 1024 * 1024
+    #: Peers and files tracked at once.
+    max_peers: int = 256
+    max_files: int = 4096
+    #: ``have`` bitmaps kept for files whose manifest has not arrived yet (~250 B each).
+    max_pending_haves: int = 1024
+    #: Timed-out requests per peer whose late answer is still taken.
+    max_late: int = 64
+    #: Events kept for the driver; older ones are dropped (counted) past this.
+    max_events: int = 4096
+    #: Seconds of accepted chunks the reported rate averages over.
+    rate_window: float = 5.0
+
+    def __post_init__(self) -> None:
+        limits = [self.max_in_flight_per_peer, self.max_in_flight, self.max_serve_queue]
+        limits += [self.max_send_bytes, self.max_peers, self.max_files]
+        limits += [self.max_pending_haves, self.max_late, self.max_events]
+        if min(limits) < 1:
+            raise LocalError("fetch limits must be at least 1")
+        if min(self.get_timeout, self.have_delay, self.rate_window) <= 0:
+            raise LocalError("fetch timeouts and delays must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class FileProgress:
+    file_id: bytes
+    verified_bytes: int
+    total_bytes: int
+    #: Plaintext bytes per second verified over the last ``rate_window``.
+    rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class FileComplete:
+    file_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRejected:
+    peer: str
+    file_id: bytes
+    index: int
+
+
+Event = FileProgress | FileComplete | ChunkRejected
