@@ -163,20 +163,18 @@ def _make_node(args: argparse.Namespace, passphrase: str) -> Any:
         assists=tuple(_resolve(_parse_target(t, "--assist"), "--assist") for t in args.assist),
         portmap=not args.no_upnp,
         tcp=not args.no_tcp,
-        offer=_offer_candidates(args, params.tag_key),
     )
+    if getattr(args, "offer", None):
+        import dataclasses  # noqa: PLC0415
+        import time  # noqa: PLC0415
+
+        from p2pd.offer import RESUME_KEY_SIZE, parse_offer_untrusted  # noqa: PLC0415
+
+        offer = parse_offer_untrusted(args.offer, params.tag_key, now_wall=time.time())
+        # The hybrid form's resume token is the offering node's static key: talk to it only.
+        pinned = offer.resume if offer.resume and len(offer.resume) == RESUME_KEY_SIZE else None
+        config = dataclasses.replace(config, offer=offer.candidates, expect_peer=pinned)
     return Node(params, identity, config)
-
-
-def _offer_candidates(args: argparse.Namespace, tag_key: bytes) -> tuple[Any, ...]:
-    if not getattr(args, "offer", None):
-        return ()
-    import time  # noqa: PLC0415
-
-    from p2pd.offer import parse_offer_untrusted  # noqa: PLC0415
-
-    offer = parse_offer_untrusted(args.offer, tag_key, now_wall=time.time())
-    return tuple(offer.candidates)
 
 
 def _send_inputs(args: argparse.Namespace) -> tuple[str, str]:

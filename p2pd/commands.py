@@ -194,7 +194,13 @@ async def run_offer(node: Node, ttl: float, listen: bool, count: int | None, out
     async def body() -> int:
         await node.gather_addresses(OFFER_GATHER)
         candidates = node.own_candidates()
-        text = make_offer(node.params.tag_key, candidates, now_wall=time.time(), ttl=ttl)
+        text = make_offer(
+            node.params.tag_key,
+            candidates,
+            now_wall=time.time(),
+            ttl=ttl,
+            resume=node.identity.public,  # the hybrid form: the joiner talks to us only
+        )
         shown = [f"{c.path} {c.addr[0]}:{c.addr[1]}" for c in candidates]
         if output.json_mode:
             output.event({"event": "offer", "offer": text, "ttl_s": ttl, "candidates": shown}, None)

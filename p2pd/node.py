@@ -351,6 +351,12 @@ class Node(WanPaths):
             except BadFrame as exc:
                 self.counters[f"drop_{exc.reason}"] += 1
         elif isinstance(event, PeerConnected):
+            expected = self.config.expect_peer
+            if expected is not None and event.peer_id != expected:
+                assert self._endpoint is not None
+                self._endpoint.close_peer(event.peer_id)  # not the node that made the offer
+                self.counters["unexpected_peer"] += 1
+                return
             result = self._race.won(event.addr, now)
             path = self._label(event.addr)
             elapsed = result.elapsed if result is not None else now - self._race_started

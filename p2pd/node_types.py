@@ -92,3 +92,5 @@ class NodeConfig:
     portmap: bool = True  # ask the gateway for a port mapping (UPnP, NAT-PMP, PCP)
     tcp: bool = True  # listen on TCP and fall back to it when UDP fails
     offer: Sequence[Candidate] = field(default_factory=tuple)  # from --offer
+    #: Only this peer (static public key) is accepted: the hybrid offer's resume token.
+    expect_peer: bytes | None = None

@@ -31,10 +31,13 @@ Why this shape:
   IPv4 candidates take 21 bytes, so the whole offer is 117 characters (measured in the tests).
 * ``exp`` is wall time (Unix seconds), like the epoch tags: two machines that never talked
   agree only on the wall clock.  An offer is accepted until ``exp`` plus :data:`CLOCK_SKEW`.
-* ``resume`` (the "hybrid form") is an opaque token, at most :data:`MAX_RESUME` bytes, that
-  the node which made the offer can recognise from a peer it was recently connected with,
-  so that peer can re-join at once (skipping discovery) and fall back to the candidates
-  when the token is refused.  This module only carries it, authenticated and secret.
+* ``resume`` (the "hybrid form") is a token of at most :data:`MAX_RESUME` bytes.  ``p2pd
+  offer`` puts its node's static public key there (:data:`RESUME_KEY_SIZE` bytes): the
+  joiner goes straight to the offered candidates and completes a session with that node
+  only (a passphrase holder elsewhere on the network is refused), so a re-join after a
+  drop lands on the same peer at once; when none of the candidates answers, the joiner's
+  other paths (LAN, assists) still run.  This module only carries it, authenticated and
+  secret; the node enforces it (``NodeConfig.expect_peer``).
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ CLOCK_SKEW = TAG_EPOCH_SECONDS
 MAX_CANDIDATES = 8
 #: Longest resume token carried.
 MAX_RESUME = 64
+#: A resume token of this size is a node's static X25519 public key (see the module doc).
+RESUME_KEY_SIZE = 32
 #: Longest text even tried: bounds the work a pasted blob can cause.
 MAX_TEXT = 1024
 
