@@ -13,16 +13,21 @@ One core per space does both sides of the swarm over the frames of
   peer that has not yet heard ours for that file is answered with ours, so the peer that
   learns of a file last still hears who holds it.  Bitmaps of files we do not know yet
   are kept (a bounded number) until the manifest arrives.
-* **Fetching.**  :meth:`datagrams_to_send` hands out ``get`` requests for missing chunks,
-  rarest first; among equally rare ones in file order from a random starting point per
-  core, so fetchers starting together ask the seeder for different chunks and then trade
-  among themselves.  Each chunk is asked of one holder at a time, the one with the
-  fewest requests outstanding, within ``max_in_flight_per_peer`` per peer and
-  ``max_in_flight`` in all.  A request unanswered after ``get_timeout`` is asked
-  elsewhere (that holder goes last for that chunk; its late answer is still taken).  A
-  chunk the Assembler rejects is counted (``drops["fetch_tampered"]``), reported as
-  :class:`ChunkRejected`, and that peer is not asked for it again for ``tamper_avoid``.
-  A ``nope`` clears the peer's bit and the chunk is asked elsewhere.
+* **Fetching.**  :meth:`datagrams_to_send` fills free request slots
+  (``max_in_flight_per_peer`` per peer, ``max_in_flight`` in all) least-loaded peer
+  first -- load is requests outstanding times the peer's smoothed service time, so a
+  seeder queueing requests from many fetchers is asked less than an idle neighbour --
+  each with the rarest wanted chunk that peer holds (held by 1, 2, 3 or more peers) and,
+  among equally rare ones, the first in this core's own random order: fetchers starting
+  together ask the seeder for different chunks and then trade among themselves (a file
+  is written only once complete, so file order would buy nothing).  A chunk is asked of
+  one peer at a time.  Bookkeeping is in bitmaps by random rank (Python ints), so a
+  request costs a few big-int operations whatever the file size.  A request unanswered
+  after ``get_timeout`` goes back to the pool; that peer gets it again only if no other
+  peer in good standing holds it, and its late answer is still taken.  A chunk the
+  Assembler rejects is counted (``drops["fetch_tampered"]``), reported as
+  :class:`ChunkRejected`, and that peer is not asked for it for ``tamper_avoid``.  A
+  ``nope`` clears the peer's bit and the chunk is asked elsewhere.
 * **Serving.**  A ``get`` for any chunk in the store (only verified chunks ever enter
   it) is queued by hash, at most ``max_serve_queue`` per peer, and read from the store
   only when :meth:`datagrams_to_send` sends it, at most ``max_send_bytes`` per call
@@ -39,22 +44,28 @@ table is capped by the config.  Frames from the network go through
 from __future__ import annotations
 
 import collections
+import heapq
 import random
-from dataclasses import dataclass, field
 
 from ethersync.fetch_wire import (
+    RARITY_LEVELS,
+    SERVICE_GAIN,
     Chunk,
     ChunkRejected,
     Event,
     FetchConfig,
     FileComplete,
     FileProgress,
+    FileState,
     Frame,
     Get,
     Have,
+    Key,
     Nope,
+    PeerState,
     decode_untrusted,
     encode,
+    expected_wait,
 )
 from ethersync.keys import SpaceKeys
 from ethersync.manifest import Assembler, Manifest, Offer
@@ -69,39 +80,6 @@ __all__ = [
     "FileComplete",
     "FileProgress",
 ]
-
-
-_Key = tuple[bytes, bytes]  # (file id, chunk hash)
-#: Weight of a new sample in a peer's smoothed service time (as TCP's SRTT, RFC 6298).
-SERVICE_GAIN = 0.125
-
-
-@dataclass(slots=True)
-class _File:
-    file_id: bytes
-    manifest: Manifest
-    assembler: Assembler
-    missing: dict[bytes, list[int]]  # chunk hash -> indices, file order
-    verified: int  # bit i: chunk i verified
-    verified_bytes: int
-    rank: list[int]  # random order among equally rare chunks
-    started: float | None = None
-    samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
-    timed_out: dict[bytes, set[str]] = field(default_factory=dict)
-    tampered: dict[bytes, dict[str, float]] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Peer:
-    name: str
-    haves: dict[bytes, int] = field(default_factory=dict)
-    in_flight: dict[_Key, float] = field(default_factory=dict)  # -> deadline
-    late: dict[_Key, None] = field(default_factory=dict)
-    serve: collections.deque[_Key] = field(default_factory=collections.deque)
-    out: list[bytes] = field(default_factory=list)
-    announced: set[bytes] = field(default_factory=set)
-    #: Smoothed seconds from ``get`` to ``chunk`` (None: not measured yet).
-    service: float | None = None
 
 
 class FetchCore:
@@ -122,9 +100,9 @@ class FetchCore:
         # Only spreads load; nothing secret depends on it, and a seed makes tests repeatable.
         self._rng = rng or random.Random()  # noqa: S311
         self._now = now
-        self._files: dict[bytes, _File] = {}
-        self._peers: dict[str, _Peer] = {}
-        self._in_flight: dict[_Key, str] = {}
+        self._files: dict[bytes, FileState] = {}
+        self._peers: dict[str, PeerState] = {}
+        self._in_flight: dict[Key, str] = {}
         self._pending_haves: dict[tuple[str, bytes], Have] = {}
         self._have_dirty: set[bytes] = set()
         self._have_at: float | None = None
@@ -154,27 +132,35 @@ class FetchCore:
             if index not in done:
                 missing.setdefault(digest, []).append(index)
         count = len(manifest.hashes)
-        entry = _File(
+        rank = self._rng.sample(range(count), count)
+        by_rank = [b""] * count
+        for index, position in enumerate(rank):
+            by_rank[position] = manifest.hashes[index]
+        entry = FileState(
             file_id=file_id,
             manifest=manifest,
             assembler=assembler,
             missing=missing,
+            rank=rank,
+            by_rank=by_rank,
+            wanted=sum(1 << rank[indices[0]] for indices in missing.values()),
+            holders=[0] * count,
+            levels=[0] * RARITY_LEVELS,
             verified=sum(1 << index for index in done),
             verified_bytes=sum(manifest.length(index) for index in done),
-            rank=self._rng.sample(range(count), count),
         )
         self._files[file_id] = entry
         for peer in self._peers.values():
             have = self._pending_haves.pop((peer.name, file_id), None)
             if have is not None and have.count == count:
-                peer.haves[file_id] = have.bits
+                entry.set_have(peer.holding(file_id), have.bits)
             self._announce(peer, entry)
 
     def add_peer(self, peer: str) -> bool:
         """Start trading with ``peer``; False if it is known already or the table is full."""
         if peer in self._peers or len(self._peers) >= self.config.max_peers:
             return False
-        state = self._peers[peer] = _Peer(peer)
+        state = self._peers[peer] = PeerState(peer)
         for entry in self._files.values():
             self._announce(state, entry)
         return True
@@ -184,8 +170,11 @@ class FetchCore:
         state = self._peers.pop(peer, None)
         if state is None:
             return
-        for key in state.in_flight:
-            self._in_flight.pop(key, None)
+        for key, (_, rank) in state.in_flight.items():
+            del self._in_flight[key]
+            self._unrequest(key, rank)
+        for file_id, holding in state.files.items():
+            self._files[file_id].set_have(holding, 0)
         for pending in [k for k in self._pending_haves if k[0] == peer]:
             del self._pending_haves[pending]
 
@@ -205,7 +194,7 @@ class FetchCore:
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
-    def _file(self, file_id: bytes) -> _File:
+    def _file(self, file_id: bytes) -> FileState:
         entry = self._files.get(file_id)
         if entry is None:
             raise LocalError(f"file {file_id.hex()[:16]} is not wanted here")
@@ -227,7 +216,7 @@ class FetchCore:
             return False
         return True
 
-    def _handle(self, peer: _Peer, frame: Frame, now: float) -> None:
+    def _handle(self, peer: PeerState, frame: Frame, now: float) -> None:
         match frame:
             case Have():
                 self._on_have(peer, frame)
@@ -241,11 +230,12 @@ class FetchCore:
             case Nope(file_id, chunk_hash):
                 self._release(peer, (file_id, chunk_hash))
                 entry = self._files.get(file_id)
-                if entry is not None and file_id in peer.haves:
-                    for index in entry.missing.get(chunk_hash, ()):
-                        peer.haves[file_id] &= ~(1 << index)
+                if entry is not None and chunk_hash in entry.missing:
+                    holding = peer.holding(file_id)
+                    gone = sum(1 << index for index in entry.missing[chunk_hash])
+                    entry.set_have(holding, holding.bits & ~gone)
 
-    def _on_have(self, peer: _Peer, have: Have) -> None:
+    def _on_have(self, peer: PeerState, have: Have) -> None:
         entry = self._files.get(have.file_id)
         if entry is None:
             pending = self._pending_haves
@@ -256,15 +246,17 @@ class FetchCore:
             return
         if have.count != len(entry.manifest.hashes):
             raise BadFrame("fetch_have_count")
-        peer.haves[have.file_id] = have.bits
+        entry.set_have(peer.holding(have.file_id), have.bits)
         if have.file_id not in peer.announced:
             self._announce(peer, entry)
 
-    def _release(self, peer: _Peer, key: _Key) -> None:
+    def _release(self, peer: PeerState, key: Key) -> None:
         """Take ``key`` off ``peer``'s requests; BadFrame if it was never asked of it."""
-        deadline = peer.in_flight.pop(key, None)
-        if deadline is not None:
+        flight = peer.in_flight.pop(key, None)
+        if flight is not None:
+            deadline, rank = flight
             del self._in_flight[key]
+            self._unrequest(key, rank)
             elapsed = max(0.0, self._now - (deadline - self.config.get_timeout))
             old = peer.service
             peer.service = elapsed if old is None else old + SERVICE_GAIN * (elapsed - old)
@@ -274,8 +266,14 @@ class FetchCore:
         else:
             raise BadFrame("fetch_unsolicited")
 
+    def _unrequest(self, key: Key, rank: int) -> None:
+        """A request is over: the chunk is wanted again until it is verified."""
+        entry = self._files.get(key[0])
+        if entry is not None and key[1] in entry.missing:
+            entry.wanted |= 1 << rank
+
     def _on_chunk(
-        self, peer: _Peer, file_id: bytes, chunk_hash: bytes, blob: bytes, now: float
+        self, peer: PeerState, file_id: bytes, chunk_hash: bytes, blob: bytes, now: float
     ) -> None:
         entry = self._files.get(file_id)
         if entry is None or chunk_hash not in entry.missing:
@@ -283,20 +281,21 @@ class FetchCore:
             return
         result = entry.assembler.offer(chunk_hash, blob)
         if result is Offer.REJECTED:
-            index = entry.missing[chunk_hash][0]
-            entry.tampered.setdefault(chunk_hash, {})[peer.name] = now + self.config.tamper_avoid
-            self._emit(ChunkRejected(peer.name, file_id, index))
+            holding = peer.holding(file_id)
+            rank = entry.rep(chunk_hash)
+            holding.banned[rank] = now + self.config.tamper_avoid
+            holding.banned_mask |= 1 << rank
+            self._emit(ChunkRejected(peer.name, file_id, entry.missing[chunk_hash][0]))
             raise BadFrame("fetch_tampered")
         self._verified(entry, chunk_hash, now)
 
-    def _verified(self, entry: _File, chunk_hash: bytes, now: float) -> None:
+    def _verified(self, entry: FileState, chunk_hash: bytes, now: float) -> None:
         added = 0
+        entry.wanted &= ~(1 << entry.rep(chunk_hash))
         for index in entry.missing.pop(chunk_hash):
             entry.verified |= 1 << index
             added += entry.manifest.length(index)
         entry.verified_bytes += added
-        entry.timed_out.pop(chunk_hash, None)
-        entry.tampered.pop(chunk_hash, None)
         self.stats["chunk_accepted"] += 1
         entry.samples.append((now, added))
         while entry.samples and entry.samples[0][0] <= now - self.config.rate_window:
@@ -309,7 +308,7 @@ class FetchCore:
         if not entry.missing:
             self._emit(FileComplete(entry.file_id))
 
-    def _rate(self, entry: _File, now: float) -> float:
+    def _rate(self, entry: FileState, now: float) -> float:
         started = now if entry.started is None else entry.started
         span = min(self.config.rate_window, now - started)
         return sum(size for _, size in entry.samples) / span if span > 0 else 0.0
@@ -326,34 +325,32 @@ class FetchCore:
         """When :meth:`handle_timer` (and then :meth:`datagrams_to_send`) should run next."""
         if any(peer.serve for peer in self._peers.values()):
             return self._now
-        times = [t for peer in self._peers.values() for t in peer.in_flight.values()]
+        times = [t for peer in self._peers.values() for t, _ in peer.in_flight.values()]
         if self._have_at is not None:
             times.append(self._have_at)
-        for entry in self._files.values():
-            times.extend(t for avoid in entry.tampered.values() for t in avoid.values())
+        for peer in self._peers.values():
+            times.extend(t for held in peer.files.values() for t in held.banned.values())
         return min(times, default=None)
 
     def handle_timer(self, now: float) -> None:
         """Expire requests (to be asked elsewhere) and tamper bans that ran out."""
         self._now = now
         for peer in self._peers.values():
-            for key, deadline in list(peer.in_flight.items()):
-                if deadline <= now:
-                    del peer.in_flight[key]
-                    del self._in_flight[key]
-                    if len(peer.late) >= self.config.max_late:
-                        del peer.late[next(iter(peer.late))]
-                    peer.late[key] = None
-                    self.stats["timeout"] += 1
-                    entry = self._files.get(key[0])
-                    if entry is not None:
-                        entry.timed_out.setdefault(key[1], set()).add(peer.name)
-        for entry in self._files.values():
-            for chunk_hash, avoid in list(entry.tampered.items()):
-                for name in [name for name, until in avoid.items() if until <= now]:
-                    del avoid[name]
-                if not avoid:
-                    del entry.tampered[chunk_hash]
+            for key, (deadline, rank) in list(peer.in_flight.items()):
+                if deadline > now:
+                    continue
+                del peer.in_flight[key]
+                del self._in_flight[key]
+                self._unrequest(key, rank)
+                if len(peer.late) >= self.config.max_late:
+                    del peer.late[next(iter(peer.late))]
+                peer.late[key] = None
+                peer.holding(key[0]).slow |= 1 << rank
+                self.stats["timeout"] += 1
+            for held in peer.files.values():
+                for rank in [r for r, until in held.banned.items() if until <= now]:
+                    del held.banned[rank]
+                    held.banned_mask &= ~(1 << rank)
 
     # -- output -----------------------------------------------------------------------
 
@@ -375,7 +372,7 @@ class FetchCore:
         out.extend(self._serve())
         return out
 
-    def _announce(self, peer: _Peer, entry: _File) -> None:
+    def _announce(self, peer: PeerState, entry: FileState) -> None:
         count = len(entry.manifest.hashes)
         peer.out.append(encode(Have(entry.file_id, count, entry.verified)))
         peer.announced.add(entry.file_id)
@@ -406,52 +403,74 @@ class FetchCore:
         return out
 
     def _schedule(self, now: float) -> None:
-        """Ask holders for missing chunks, rarest first, least-loaded holder first."""
+        """Fill free request slots, least-loaded peer first, each with its rarest chunk."""
         cfg = self.config
         room = cfg.max_in_flight - len(self._in_flight)
-        free = {n for n, p in self._peers.items() if len(p.in_flight) < cfg.max_in_flight_per_peer}
-        if room <= 0 or not free:
+        active = [entry for entry in self._files.values() if entry.wanted]
+        if room <= 0 or not active:
             return
-        candidates: list[tuple[int, int, _File, bytes, list[_Peer]]] = []
-        for entry in self._files.values():
-            held = [
-                (p, p.haves[entry.file_id])
-                for p in self._peers.values()
-                if p.haves.get(entry.file_id)
-            ]
-            if not entry.missing or not held:
+        heap = [
+            (expected_wait(peer), self._rng.random(), peer.name)
+            for peer in self._peers.values()
+            if len(peer.in_flight) < cfg.max_in_flight_per_peer
+        ]
+        heapq.heapify(heap)
+        elsewhere = self._elsewhere(active)
+        while heap and room > 0:
+            peer = self._peers[heapq.heappop(heap)[2]]
+            pick = self._pick(peer, active, elsewhere)
+            if pick is None:
                 continue
-            for chunk_hash, indices in entry.missing.items():
-                if (entry.file_id, chunk_hash) in self._in_flight:
-                    continue
-                holders = [p for p, bits in held if any(bits >> i & 1 for i in indices)]
-                if holders:
-                    rank = entry.rank[indices[0]]
-                    candidates.append((len(holders), rank, entry, chunk_hash, holders))
-        candidates.sort(key=lambda c: (c[0], c[1]))
-        for _, _, entry, chunk_hash, holders in candidates:
-            banned = entry.tampered.get(chunk_hash, {})
-            choices = [p for p in holders if p.name in free and banned.get(p.name, now) <= now]
-            if not choices:
-                continue
-            slow = entry.timed_out.get(chunk_hash, set())
-            best = min(choices, key=lambda p: (p.name in slow, _load(p), self._rng.random()))
+            entry, rank = pick
+            chunk_hash = entry.by_rank[rank]
             key = (entry.file_id, chunk_hash)
-            best.in_flight[key] = now + cfg.get_timeout
-            best.late.pop(key, None)
-            self._in_flight[key] = best.name
-            best.out.append(encode(Get(entry.file_id, chunk_hash)))
+            entry.wanted &= ~(1 << rank)
+            peer.in_flight[key] = (now + cfg.get_timeout, rank)
+            peer.late.pop(key, None)
+            self._in_flight[key] = peer.name
+            peer.out.append(encode(Get(entry.file_id, chunk_hash)))
             self.stats["get_sent"] += 1
-            self.gets_by_peer[best.name] += 1
+            self.gets_by_peer[peer.name] += 1
             if entry.started is None:
                 entry.started = now
-            if len(best.in_flight) >= cfg.max_in_flight_per_peer:
-                free.discard(best.name)
             room -= 1
-            if room <= 0 or not free:
-                return
+            if len(peer.in_flight) < cfg.max_in_flight_per_peer:
+                heapq.heappush(heap, (expected_wait(peer), self._rng.random(), peer.name))
 
+    def _elsewhere(self, active: list[FileState]) -> dict[tuple[str, bytes], int]:
+        """Per (peer, file): chunks some *other* peer holds, not timed out or banned there."""
+        names = list(self._peers)
+        result: dict[tuple[str, bytes], int] = {}
+        for entry in active:
+            good = []
+            for name in names:
+                held = self._peers[name].files.get(entry.file_id)
+                good.append(0 if held is None else held.have & ~held.slow & ~held.banned_mask)
+            before = after = 0
+            prefix = []
+            for mask in good:
+                prefix.append(before)
+                before |= mask
+            for i in range(len(names) - 1, -1, -1):
+                result[(names[i], entry.file_id)] = prefix[i] | after
+                after |= good[i]
+        return result
 
-def _load(peer: _Peer) -> float:
-    """Expected wait for one more request to ``peer``: a peer not measured yet is tried first."""
-    return (len(peer.in_flight) + 1) * (peer.service or 0.0)
+    def _pick(
+        self, peer: PeerState, active: list[FileState], elsewhere: dict[tuple[str, bytes], int]
+    ) -> tuple[FileState, int] | None:
+        """The rarest wanted chunk ``peer`` holds (lowest rank among equals), if any.
+
+        A chunk that timed out at this peer goes back to it only if no other peer could
+        serve it; one it tampered with, not until the ban runs out.
+        """
+        for level in range(RARITY_LEVELS):
+            for entry in active:
+                held = peer.files.get(entry.file_id)
+                if held is None:
+                    continue
+                usable = held.have & entry.wanted & entry.levels[level] & ~held.banned_mask
+                usable &= ~(held.slow & elsewhere[(peer.name, entry.file_id)])
+                if usable:
+                    return entry, (usable & -usable).bit_length() - 1
+        return None

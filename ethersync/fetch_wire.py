@@ -1,4 +1,4 @@
-"""Chunk-fetch frames, their limits and untrusted parser; the fetch core's tunables and events.
+"""Chunk-fetch frames, their limits and parser; the fetch core's tunables, events and state.
 
 Theory of operation
 -------------------
@@ -26,12 +26,14 @@ file": the peer answers with its own bitmap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import collections
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import cbor2
 
 from ethersync.chunks import CHUNK_OVERHEAD, HASH_SIZE
-from ethersync.manifest import MAX_CHUNK_SIZE, MAX_CHUNKS
+from ethersync.manifest import MAX_CHUNK_SIZE, MAX_CHUNKS, Assembler, Manifest
 from p2pd.errors import BadFrame, LocalError
 
 #: Bytes of a file id (a manifest envelope's BLAKE2b-256 content hash).
@@ -210,3 +212,92 @@ class ChunkRejected:
 
 
 Event = FileProgress | FileComplete | ChunkRejected
+
+
+# -- the core's bookkeeping (plain data; the logic is in ethersync.fetch) -----------------
+
+Key = tuple[bytes, bytes]  # (file id, chunk hash)
+#: Weight of a new sample in a peer's smoothed service time (as TCP's SRTT, RFC 6298).
+SERVICE_GAIN = 0.125
+#: Rarity levels told apart: chunks held by 1, 2, 3 or more peers.  Beyond a few holders
+#: a chunk is common either way, and each level costs one pass over the bitmaps.
+RARITY_LEVELS = 4
+
+
+def set_bits(mask: int) -> Iterator[int]:
+    """Positions of the set bits of ``mask``, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
+
+
+@dataclass(slots=True)
+class Holding:
+    """What one peer holds of one file and how it served it; masks are bits by rank."""
+
+    bits: int = 0  # as announced: bit i is chunk index i
+    have: int = 0  # the same chunks, bit rank[i]
+    slow: int = 0  # requests that timed out at this peer
+    banned: dict[int, float] = field(default_factory=dict)  # rank -> until (tampered)
+    banned_mask: int = 0
+
+
+@dataclass(slots=True)
+class FileState:
+    """One wanted file.  Chunks are handled by *rank*, a random permutation of indices,
+    so the lowest set bit of a mask is the next chunk in this core's own order; a chunk
+    whose hash repeats in the file stands at the rank of its first missing index."""
+
+    file_id: bytes
+    manifest: Manifest
+    assembler: Assembler
+    missing: dict[bytes, list[int]]  # chunk hash -> indices, file order
+    rank: list[int]  # index -> rank
+    by_rank: list[bytes]  # rank -> chunk hash
+    wanted: int  # ranks missing and not requested from anyone
+    holders: list[int]  # rank -> peers holding it
+    levels: list[int]  # ranks held by 1, 2, ..., RARITY_LEVELS or more peers
+    verified: int  # bit i: chunk index i verified
+    verified_bytes: int
+    started: float | None = None
+    samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+
+    def rep(self, chunk_hash: bytes) -> int:
+        return self.rank[self.missing[chunk_hash][0]]
+
+    def set_have(self, holding: Holding, bits: int) -> None:
+        """Replace a peer's bitmap, moving the chunks that changed between rarity levels."""
+        for index in set_bits(holding.bits ^ bits):
+            rank = self.rank[index]
+            bit = 1 << rank
+            old = self.holders[rank]
+            new = old + 1 if bits >> index & 1 else old - 1
+            self.holders[rank] = new
+            holding.have ^= bit
+            if old:
+                self.levels[min(old, RARITY_LEVELS) - 1] &= ~bit
+            if new:
+                self.levels[min(new, RARITY_LEVELS) - 1] |= bit
+        holding.bits = bits
+
+
+@dataclass(slots=True)
+class PeerState:
+    name: str
+    files: dict[bytes, Holding] = field(default_factory=dict)
+    in_flight: dict[Key, tuple[float, int]] = field(default_factory=dict)  # deadline, rank
+    late: dict[Key, None] = field(default_factory=dict)
+    serve: collections.deque[Key] = field(default_factory=collections.deque)
+    out: list[bytes] = field(default_factory=list)
+    announced: set[bytes] = field(default_factory=set)
+    #: Smoothed seconds from ``get`` to ``chunk`` (None: not measured yet).
+    service: float | None = None
+
+    def holding(self, file_id: bytes) -> Holding:
+        return self.files.setdefault(file_id, Holding())
+
+
+def expected_wait(peer: PeerState) -> float:
+    """Expected wait for one more request to ``peer``: a peer not measured yet is tried first."""
+    return (len(peer.in_flight) + 1) * (peer.service or 0.0)
