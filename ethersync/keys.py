@@ -37,9 +37,8 @@ from pathlib import Path
 import nacl.signing
 
 from p2pd.derive import Params, subkey
-from p2pd.errors import LocalError, StateDirError
-from p2pd.identity import _create_key, _read_key, fingerprint
-from p2pd.paths import ensure_state_dir
+from p2pd.errors import LocalError
+from p2pd.identity import fingerprint, load_or_create_secret
 
 #: Contexts, one per purpose; never reuse one for another purpose.
 ENVELOPE_KEY_CONTEXT = b"ethersync v1 envelope key"
@@ -118,13 +117,4 @@ def load_or_create_device(state_dir: Path) -> DeviceKey:
 
     Two processes racing to create it both end up with the one that was linked first.
     """
-    ensure_state_dir(state_dir)
-    path = state_dir / DEVICE_KEY_FILE
-    if not path.exists():
-        try:
-            created = _create_key(path)
-        except OSError as exc:
-            raise StateDirError(f"cannot create device key {path}: {exc.strerror}") from None
-        if created is not None:
-            return DeviceKey.from_seed(created)
-    return DeviceKey.from_seed(_read_key(path))
+    return DeviceKey.from_seed(load_or_create_secret(state_dir, DEVICE_KEY_FILE, "device key"))

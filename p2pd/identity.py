@@ -100,15 +100,24 @@ def _create_key(path: Path) -> bytes | None:
     return identity.private
 
 
-def load_or_create(state_dir: Path) -> Identity:
-    """The identity stored in ``state_dir``, creating it on first use."""
+def load_or_create_secret(state_dir: Path, file_name: str, what: str) -> bytes:
+    """The 32-byte random secret in ``state_dir/file_name``, created (0600) on first use.
+
+    Shared by every per-device key (the node identity, the EtherSync device key): two
+    processes racing to create one both end up with the one that was linked first.
+    """
     ensure_state_dir(state_dir)
-    path = state_dir / IDENTITY_FILE
+    path = state_dir / file_name
     if not path.exists():
         try:
             created = _create_key(path)
         except OSError as exc:
-            raise StateDirError(f"cannot create identity {path}: {exc.strerror}") from None
+            raise StateDirError(f"cannot create {what} {path}: {exc.strerror}") from None
         if created is not None:
-            return Identity.from_private(created)
-    return Identity.from_private(_read_key(path))
+            return created
+    return _read_key(path)
+
+
+def load_or_create(state_dir: Path) -> Identity:
+    """The identity stored in ``state_dir``, creating it on first use."""
+    return Identity.from_private(load_or_create_secret(state_dir, IDENTITY_FILE, "identity"))
