@@ -80,7 +80,7 @@ def space(tmp_path: Path) -> Iterator[Space]:
 def wait_for(proc: Proc, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """The first JSON event on ``proc``'s stdout that ``match`` accepts."""
     while True:
-        event = json.loads(read_line(proc, EVENT_WAIT, stdout=True))
+        event: dict[str, Any] = json.loads(read_line(proc, EVENT_WAIT, stdout=True))
         if match(event):
             return event
 
