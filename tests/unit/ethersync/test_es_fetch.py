@@ -274,3 +274,20 @@ def test_requests_in_flight_stay_within_bounds(tmp_path: Path, per_peer: int, to
         net.connect(name, "f")
     net.run(lambda: fetcher.complete(pub.file_id))  # Net.flush checks the bounds
     assert net.max_in_flight_seen == min(total, 3 * per_peer, 20)
+
+
+@pytest.mark.parametrize("chunks,fetchers", [(200, 4), (200, 8)])
+def test_a_swarm_beats_the_seeder_alone(tmp_path: Path, chunks: int, fetchers: int) -> None:
+    pub = _publish(tmp_path, chunks)
+    net = _swarm(tmp_path, pub, fetchers)
+    names = [f"f{n}" for n in range(fetchers)]
+    net.run(_all_complete(net, pub.file_id, names))
+    wire = chunks * (CHUNK + 40) / UPLINK  # seconds to upload one copy of the sealed chunks
+    served = net.cores["seeder"].stats["chunk_served"]
+    print(
+        f"{chunks} x {fetchers}: seeder sent {served} of {chunks * fetchers};"
+        f" all complete {net.now:.2f} s; seeder alone {fetchers * wire:.2f} s;"
+        f" one copy {wire:.2f} s"
+    )
+    assert served < chunks * fetchers / 2
+    assert net.now < fetchers * wire / 2
