@@ -314,8 +314,13 @@ class FetchCore:
         return sum(size for _, size in entry.samples) / span if span > 0 else 0.0
 
     def _emit(self, event: Event) -> None:
+        """Queue ``event``; when full, drop the oldest progress report (it is superseded)."""
         if len(self._events) >= self.config.max_events:
-            self._events.popleft()
+            stale = next((e for e in self._events if isinstance(e, FileProgress)), None)
+            if stale is None:
+                self._events.popleft()
+            else:
+                self._events.remove(stale)
             self.stats["event_dropped"] += 1
         self._events.append(event)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import os
 import random
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,12 +122,14 @@ class Published:
     seeder: Store
 
 
-def _publish(tmp: Path, chunks: int) -> Published:
-    data = os.urandom(chunks * CHUNK - 100)
+def _publish(tmp: Path, chunks: int, chunk_size: int = CHUNK) -> Published:
+    data = os.urandom(chunks * chunk_size - 100)
     source = tmp / "source.bin"
     source.write_bytes(data)
     store = Store(tmp / "seeder.sqlite3")
-    sealed = publish_file(store, KEYS, ALICE, source, ts=1, name="report.pdf", chunk_size=CHUNK)
+    sealed = publish_file(
+        store, KEYS, ALICE, source, ts=1, name="report.pdf", chunk_size=chunk_size
+    )
     manifest = manifest_untrusted(open_untrusted(sealed.blob, KEYS))
     return Published(data, sealed.id, manifest, store)
 
@@ -291,3 +294,20 @@ def test_a_swarm_beats_the_seeder_alone(tmp_path: Path, chunks: int, fetchers: i
     )
     assert served < chunks * fetchers / 2
     assert net.now < fetchers * wire / 2
+
+
+def test_memory_is_bounded_by_requests_in_flight_not_file_size(tmp_path: Path) -> None:
+    chunk_size = 16 * 1024
+    pub = _publish(tmp_path, 256, chunk_size)  # a 4 MiB file
+    net = _swarm(tmp_path, pub, 2)
+    names = ["f0", "f1"]
+    tracemalloc.start()
+    try:
+        net.run(_all_complete(net, pub.file_id, names))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"peak {peak / 1024:.0f} KiB moving a {len(pub.data) // 1024} KiB file to 2 fetchers")
+    # Chunks exist only in flight (at most 32 requests per fetcher) and in the call that
+    # handles them; the file itself never is in memory.
+    assert peak < 2 * 32 * chunk_size

@@ -330,3 +330,20 @@ def test_progress_events_track_verified_bytes(tmp_path: Path) -> None:
         FileComplete(file_id),
     ]
     assert len(file_id) == FILE_ID_SIZE
+
+
+def test_a_full_event_queue_drops_progress_never_completion(tmp_path: Path) -> None:
+    store, file_id, manifest = _publish(tmp_path, chunks=3)
+    fetcher = _core(Store(tmp_path / "bob.sqlite3"), FetchConfig(max_events=2))
+    fetcher.want(file_id, manifest)
+    fetcher.add_peer("alice")
+    fetcher.receive_untrusted("alice", encode(Have(file_id, 3, 7)), 0.0)
+    fetcher.datagrams_to_send(0.0)
+    for digest in manifest.hashes:
+        blob = store.get_chunk(digest)
+        assert blob is not None
+        fetcher.receive_untrusted("alice", encode(Chunk(file_id, digest, blob)), 1.0)
+    kept = [fetcher.next_event(), fetcher.next_event(), fetcher.next_event()]
+    assert kept[1:] == [FileComplete(file_id), None]
+    assert isinstance(kept[0], FileProgress) and kept[0].verified_bytes == manifest.size
+    assert fetcher.stats["event_dropped"] == 2
