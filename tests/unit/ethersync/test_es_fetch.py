@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ethersync.envelope import open_untrusted
 from ethersync.fetch import ChunkRejected, Event, FetchConfig, FetchCore, FileComplete, FileProgress
-from ethersync.fetch_wire import Chunk, decode_untrusted, encode
+from ethersync.fetch_wire import Chunk, Get, Have, Nope, decode_untrusted, encode
 from ethersync.keys import DeviceKey, SpaceKeys
 from ethersync.manifest import MIN_CHUNK_SIZE, Manifest, manifest_untrusted, publish_file
 from ethersync.store import Store
@@ -68,6 +70,11 @@ class Net:
         assert self.cores[a].add_peer(b) and self.cores[b].add_peer(a)
         self.flush(a)
         self.flush(b)
+
+    def inject(self, at: float, src: str, dst: str, frame: bytes) -> None:
+        """A frame from a node that runs no core (a hostile one)."""
+        self._seq += 1
+        heapq.heappush(self._queue, _Packet(at, self._seq, src, dst, frame))
 
     def flush(self, name: str) -> None:
         core = self.cores[name]
@@ -311,3 +318,34 @@ def test_memory_is_bounded_by_requests_in_flight_not_file_size(tmp_path: Path) -
     # Chunks exist only in flight (at most 32 requests per fetcher) and in the call that
     # handles them; the file itself never is in memory.
     assert peak < 2 * 32 * chunk_size
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_a_hostile_peer_cannot_stop_an_honest_fetch(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    tmp = tmp_path_factory.mktemp("hostile")
+    pub = _publish(tmp, 12)
+    net = _swarm(tmp, pub, 1)
+    fetcher = net.cores["f0"]
+    assert fetcher.add_peer("mallory")
+    hashes = st.sampled_from(pub.manifest.hashes)
+    blobs = st.binary(min_size=CHUNK - 60, max_size=CHUNK + 60)
+    everything = (1 << 12) - 1
+    frames = st.one_of(
+        st.builds(Have, st.just(pub.file_id), st.just(12), st.integers(0, everything)),
+        st.builds(Get, st.just(pub.file_id), hashes),
+        st.builds(Nope, st.just(pub.file_id), hashes),
+        st.builds(Chunk, st.just(pub.file_id), hashes, blobs),
+    ).map(encode) | st.binary(max_size=64)
+    attack = data.draw(st.lists(st.tuples(st.floats(0, 60), frames), max_size=40))
+    for at, frame in attack:
+        net.inject(at, "mallory", "f0", frame)
+    net.run(lambda: fetcher.complete(pub.file_id))
+    assert fetcher.assembler(pub.file_id).write(tmp / "dl").read_bytes() == pub.data
+    assert fetcher.stats["chunk_accepted"] == 12
