@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,7 @@ async def read_stream(app: Starlette, path: str, until: str) -> str:
         await trio.sleep_forever()
         raise AssertionError
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         chunks.append(message.get("body", b""))
         if until.encode() in b"".join(chunks):
             seen.set()
@@ -148,7 +149,11 @@ async def read_stream(app: Starlette, path: str, until: str) -> str:
         "http_version": "1.1",
     }
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(app, scope, receive, send)
+
+        async def run_app() -> None:
+            await app(scope, receive, send)
+
+        nursery.start_soon(run_app)
         with trio.fail_after(PEER_WAIT):
             await seen.wait()
         nursery.cancel_scope.cancel()
