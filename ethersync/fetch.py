@@ -102,7 +102,8 @@ class FetchCore:
         self._now = now
         self._files: dict[bytes, FileState] = {}
         self._peers: dict[str, PeerState] = {}
-        self._in_flight: dict[Key, str] = {}
+        self._in_flight: dict[Key, set[str]] = {}  # peers asked for each chunk
+        self._requests = 0
         self._pending_haves: dict[tuple[str, bytes], Have] = {}
         self._have_dirty: set[bytes] = set()
         self._have_at: float | None = None
@@ -171,8 +172,7 @@ class FetchCore:
         if state is None:
             return
         for key, (_, rank) in state.in_flight.items():
-            del self._in_flight[key]
-            self._unrequest(key, rank)
+            self._unrequest(peer, key, rank)
         for file_id, holding in state.files.items():
             self._files[file_id].set_have(holding, 0)
         for pending in [k for k in self._pending_haves if k[0] == peer]:
@@ -187,7 +187,7 @@ class FetchCore:
     def in_flight(self, peer: str | None = None) -> int:
         """Requests outstanding, to ``peer`` or in all (for stats and tests)."""
         if peer is None:
-            return len(self._in_flight)
+            return self._requests
         state = self._peers.get(peer)
         return 0 if state is None else len(state.in_flight)
 
@@ -255,8 +255,7 @@ class FetchCore:
         flight = peer.in_flight.pop(key, None)
         if flight is not None:
             deadline, rank = flight
-            del self._in_flight[key]
-            self._unrequest(key, rank)
+            self._unrequest(peer.name, key, rank)
             elapsed = max(0.0, self._now - (deadline - self.config.get_timeout))
             old = peer.service
             peer.service = elapsed if old is None else old + SERVICE_GAIN * (elapsed - old)
@@ -266,8 +265,14 @@ class FetchCore:
         else:
             raise BadFrame("fetch_unsolicited")
 
-    def _unrequest(self, key: Key, rank: int) -> None:
-        """A request is over: the chunk is wanted again until it is verified."""
+    def _unrequest(self, peer: str, key: Key, rank: int) -> None:
+        """A request is over: the chunk is wanted again if no other request for it is open."""
+        self._requests -= 1
+        asked = self._in_flight[key]
+        asked.discard(peer)
+        if asked:
+            return
+        del self._in_flight[key]
         entry = self._files.get(key[0])
         if entry is not None and key[1] in entry.missing:
             entry.wanted |= 1 << rank
@@ -345,8 +350,7 @@ class FetchCore:
                 if deadline > now:
                     continue
                 del peer.in_flight[key]
-                del self._in_flight[key]
-                self._unrequest(key, rank)
+                self._unrequest(peer.name, key, rank)
                 if len(peer.late) >= self.config.max_late:
                     del peer.late[next(iter(peer.late))]
                 peer.late[key] = None
@@ -410,9 +414,10 @@ class FetchCore:
     def _schedule(self, now: float) -> None:
         """Fill free request slots, least-loaded peer first, each with its rarest chunk."""
         cfg = self.config
-        room = cfg.max_in_flight - len(self._in_flight)
+        room = cfg.max_in_flight - self._requests
         active = [entry for entry in self._files.values() if entry.wanted]
-        if room <= 0 or not active:
+        endgame = [e for e in self._files.values() if e.missing and not e.wanted]
+        if room <= 0 or not (active or endgame):
             return
         heap = [
             (expected_wait(peer), self._rng.random(), peer.name)
@@ -423,7 +428,7 @@ class FetchCore:
         elsewhere = self._elsewhere(active)
         while heap and room > 0:
             peer = self._peers[heapq.heappop(heap)[2]]
-            pick = self._pick(peer, active, elsewhere)
+            pick = self._pick(peer, active, elsewhere) or self._pick_endgame(peer, endgame)
             if pick is None:
                 continue
             entry, rank = pick
@@ -432,7 +437,8 @@ class FetchCore:
             entry.wanted &= ~(1 << rank)
             peer.in_flight[key] = (now + cfg.get_timeout, rank)
             peer.late.pop(key, None)
-            self._in_flight[key] = peer.name
+            self._in_flight.setdefault(key, set()).add(peer.name)
+            self._requests += 1
             peer.out.append(encode(Get(entry.file_id, chunk_hash)))
             self.stats["get_sent"] += 1
             self.gets_by_peer[peer.name] += 1
@@ -478,4 +484,30 @@ class FetchCore:
                 usable &= ~(held.slow & elsewhere[(peer.name, entry.file_id)])
                 if usable:
                     return entry, (usable & -usable).bit_length() - 1
+        return None
+
+    def _pick_endgame(
+        self, peer: PeerState, endgame: list[FileState]
+    ) -> tuple[FileState, int] | None:
+        """Endgame: every missing chunk is asked for already; ask an idle holder too.
+
+        A stalled or slow peer then delays the end of a file by one more request rather
+        than by ``get_timeout``; at most ``endgame_copies`` requests per chunk, so the
+        duplicate answers cost at most one chunk each.
+        """
+        for entry in endgame:
+            held = peer.files.get(entry.file_id)
+            if held is None:
+                continue
+            for chunk_hash in entry.missing:
+                key = (entry.file_id, chunk_hash)
+                rank = entry.rep(chunk_hash)
+                usable = held.have & ~held.slow & ~held.banned_mask
+                asked = self._in_flight.get(key, set())
+                if (
+                    usable >> rank & 1
+                    and peer.name not in asked
+                    and len(asked) < self.config.endgame_copies
+                ):
+                    return entry, rank
         return None

@@ -160,6 +160,10 @@ class FetchConfig:
     #: Seconds before an unanswered request is asked elsewhere: 8 queued 256 KiB chunks
     #: take ~17 s on a 1 Mbit/s uplink, so this only catches peers that really stall.
     get_timeout: float = 30.0
+    #: Requests open at once for one chunk in the endgame (every missing chunk asked
+    #: for): two let an idle holder race a stalled one for the price of one duplicate
+    #: answer; 1 turns the endgame off.
+    endgame_copies: int = 2
     #: Seconds a peer that sent a tampered chunk is not asked for that chunk again.
     tamper_avoid: float = 600.0
     #: Seconds chunk completions are batched into one ``have`` per file and peer.
@@ -183,7 +187,7 @@ class FetchConfig:
     def __post_init__(self) -> None:
         limits = [self.max_in_flight_per_peer, self.max_in_flight, self.max_serve_queue]
         limits += [self.max_send_bytes, self.max_peers, self.max_files]
-        limits += [self.max_pending_haves, self.max_late, self.max_events]
+        limits += [self.max_pending_haves, self.max_late, self.max_events, self.endgame_copies]
         if min(limits) < 1:
             raise LocalError("fetch limits must be at least 1")
         if min(self.get_timeout, self.have_delay, self.rate_window) <= 0:

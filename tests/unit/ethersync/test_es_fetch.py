@@ -148,7 +148,12 @@ def _core(
 
 
 def _swarm(
-    tmp: Path, pub: Published, fetchers: int, seeders: int = 1, mangle: Mangle | None = None
+    tmp: Path,
+    pub: Published,
+    fetchers: int,
+    seeders: int = 1,
+    mangle: Mangle | None = None,
+    config: FetchConfig | None = None,
 ) -> Net:
     """``seeder`` (and ``seeder1``...: more complete copies) and fetchers ``f0``..., all linked."""
     net = Net(mangle)
@@ -158,7 +163,7 @@ def _swarm(
         net.cores[name].want(pub.file_id, pub.manifest)
     for n in range(fetchers):
         name = f"f{n}"
-        net.add(name, _core(Store(tmp / f"{name}.sqlite3"), n + 1))
+        net.add(name, _core(Store(tmp / f"{name}.sqlite3"), n + 1, config=config))
         net.cores[name].want(pub.file_id, pub.manifest)
     names = list(net.cores)
     for i, a in enumerate(names):
@@ -184,7 +189,9 @@ def test_four_fetchers_get_the_file_from_all_peers_at_once(tmp_path: Path) -> No
         progress = [e for e in net.events[name] if isinstance(e, FileProgress)]
         assert progress[-1].verified_bytes == progress[-1].total_bytes == len(pub.data)
         assert all(e.rate > 0 for e in progress[1:])
-        assert core.stats["chunk_duplicate"] == 0 and not core.drops
+        assert not core.drops and core.stats["chunk_accepted"] == 48
+        # Requests beyond one per chunk are endgame copies: at most one per open request.
+        assert core.stats["get_sent"] - 48 <= core.config.max_in_flight
         # Every fetcher asked several peers, not only the seeder.
         assert len(core.gets_by_peer) >= 3, core.gets_by_peer
     served = net.cores["seeder"].stats["chunk_served"]
@@ -231,9 +238,9 @@ def test_a_tampered_chunk_is_counted_and_fetched_from_another_peer(tmp_path: Pat
     net.run(lambda: victim.complete(pub.file_id))
     rejected = [e for e in net.events["f0"] if isinstance(e, ChunkRejected)]
     assert rejected and all(e.peer == "seeder1" and e.file_id == pub.file_id for e in rejected)
-    assert victim.drops["fetch_tampered"] == len(rejected) == victim.gets_by_peer["seeder1"]
+    assert victim.drops["fetch_tampered"] == len(rejected) <= victim.gets_by_peer["seeder1"]
     assert victim.assembler(pub.file_id).drops["chunk_hash"] == len(rejected)
-    assert victim.gets_by_peer["seeder"] == 16, "every chunk came from the honest seeder"
+    assert victim.stats["chunk_accepted"] == 16, "every chunk came from the honest seeder"
     assert victim.assembler(pub.file_id).write(tmp_path / "dl").read_bytes() == pub.data
 
 
@@ -259,14 +266,29 @@ def _black_hole(victim: str) -> Mangle:
     return lambda src, dst, frame: None if src == victim and b"chunk" in frame[:16] else frame
 
 
-def test_an_unanswered_request_times_out_and_is_asked_elsewhere(tmp_path: Path) -> None:
-    pub = _publish(tmp_path, 12)
-    net = _swarm(tmp_path, pub, 1, seeders=2, mangle=_black_hole("seeder1"))
+def _fetch_past_a_black_hole(tmp: Path, config: FetchConfig) -> tuple[Net, FetchCore]:
+    """seeder1 announces every chunk and never answers; f0 fetches with ``config``."""
+    pub = _publish(tmp, 12)
+    net = _swarm(tmp, pub, 1, seeders=2, mangle=_black_hole("seeder1"), config=config)
     fetcher = net.cores["f0"]
     net.run(lambda: fetcher.complete(pub.file_id))
+    assert fetcher.assembler(pub.file_id).write(tmp / "dl").read_bytes() == pub.data
+    return net, fetcher
+
+
+def test_an_unanswered_request_times_out_and_is_asked_elsewhere(tmp_path: Path) -> None:
+    net, fetcher = _fetch_past_a_black_hole(tmp_path, FetchConfig(endgame_copies=1))
     assert fetcher.stats["timeout"] == fetcher.gets_by_peer["seeder1"] > 0
     assert fetcher.gets_by_peer["seeder"] == 12
     assert net.now >= fetcher.config.get_timeout
+
+
+def test_the_endgame_asks_an_idle_holder_instead_of_waiting_for_a_stalled_one(
+    tmp_path: Path,
+) -> None:
+    net, fetcher = _fetch_past_a_black_hole(tmp_path, FetchConfig())
+    assert fetcher.gets_by_peer["seeder1"] > 0 and fetcher.stats["timeout"] == 0
+    assert net.now < 1.0 < fetcher.config.get_timeout
 
 
 @pytest.mark.parametrize("per_peer,total", [(1, 1), (2, 3), (8, 32)])
@@ -283,7 +305,7 @@ def test_requests_in_flight_stay_within_bounds(tmp_path: Path, per_peer: int, to
     for name in ("s1", "s2", "s3"):
         net.connect(name, "f")
     net.run(lambda: fetcher.complete(pub.file_id))  # Net.flush checks the bounds
-    assert net.max_in_flight_seen == min(total, 3 * per_peer, 20)
+    assert net.max_in_flight_seen == min(total, 3 * per_peer)
 
 
 @pytest.mark.parametrize("chunks,fetchers", [(200, 4), (200, 8)])
