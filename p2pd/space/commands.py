@@ -105,11 +105,20 @@ async def _close_peers(space: Space) -> None:
     A peer that is simply dropped keeps our old channel until it times out, and a
     restart of this device within that time would not be seen as a new session.
     """
+    if space.wanted and space.peers:
+        # Chunk announcements are batched: let the last one out, so a publisher waiting
+        # for us to hold its whole file hears that we do.
+        await trio.sleep(space.fetch.config.have_delay * 2)
     for peer_id in list(space.peers.values()):
         space.node.close_peer(peer_id)
     with trio.move_on_after(CLOSE_LINGER):
         while space.peers:
             await space.events.receive()
+
+
+def _local(event: SpaceEvent) -> bool:
+    """Whether ``event`` reports something this device published itself."""
+    return isinstance(event, MessagePosted | FileAnnounced) and event.local
 
 
 def show(output: Output, event: SpaceEvent) -> None:
@@ -145,9 +154,7 @@ def join_body(output: Output, timeout: float | None, count: int | None) -> Body:
         with trio.move_on_after(math.inf if timeout is None else timeout):
             async for event in space.events:
                 show(output, event)
-                if isinstance(event, MessagePosted | FileDone) and not getattr(
-                    event, "local", False
-                ):
+                if isinstance(event, MessagePosted | FileDone) and not _local(event):
                     seen += 1
                     if count is not None and seen >= count:
                         return 0
@@ -164,13 +171,19 @@ def send_body(output: Output, text: str, timeout: float) -> Body:
     async def body(space: Space) -> int:
         envelope = space.publish_text(text)
         output.event(
-            {"event": "published", "id": envelope.id.hex(), "seq": envelope.seq},
+            {
+                "event": "published",
+                "id": envelope.id.hex(),
+                "seq": envelope.seq,
+                "author": space.device.fingerprint,
+            },
             f"p2pd: published message {envelope.id.hex()[:16]} (seq {envelope.seq})",
             status=True,
         )
         with trio.move_on_after(timeout):
             async for event in space.events:
-                show(output, event)
+                if not _local(event):
+                    show(output, event)
                 if isinstance(event, ItemDelivered) and event.envelope_id == envelope.id:
                     return 0
         raise NoPeer(
@@ -193,6 +206,7 @@ def publish_body(output: Output, path: Path, timeout: float) -> Body:
                 "id": file_id.hex(),
                 "name": manifest.name,
                 "size": manifest.size,
+                "author": space.device.fingerprint,
             },
             f"published {manifest.name} ({manifest.size} bytes, id {file_id.hex()[:16]})",
         )
@@ -207,7 +221,7 @@ def publish_body(output: Output, path: Path, timeout: float) -> Body:
                             bar.close()
                             show(output, event)
                             return 0
-                        if not isinstance(event, FileProgressed):
+                        if not isinstance(event, FileProgressed) and not _local(event):
                             show(output, event)
                     bar.update(space.peer_bytes(file_id))
         finally:

@@ -87,7 +87,7 @@ async def test_join_publish_list_and_stream(tmp_path: Path) -> None:
             # A CLI peer sends a message; it arrives at the daemon's space.
             code, events = await space_command(tmp_path / "sender", phrase, "send", "from cli")
             assert code == 0, events
-            cli_author = next(e["author"] for e in events if e["event"] == "message")
+            cli_author = next(e["author"] for e in events if e["event"] == "published")
             with trio.fail_after(PEER_WAIT):
                 while True:
                     rows = (await client.get(f"{base}/{space_id}/messages")).json()["messages"]

@@ -142,6 +142,19 @@ def test_messages_and_files_spread_and_reach_a_late_joiner(space: Space, tmp_pat
         assert listing.returncode == 0 and out == ""
 
 
+def test_publish_ends_when_a_fetcher_that_leaves_at_once_has_the_file(
+    space: Space, tmp_path: Path
+) -> None:
+    phrase = fresh_passphrase()
+    source = tmp_path / "small.bin"
+    source.write_bytes(os.urandom(FILE_SIZE // 3))
+    fetcher = space.start("f", phrase, "join", "--count", "1", "--timeout", "60")
+    wait_for(fetcher, is_event("listening"))
+    publisher = space.start("p", phrase, "publish", str(source), "--timeout", "60")
+    assert publisher.wait(timeout=EVENT_WAIT * 2) == 0
+    assert fetcher.wait(timeout=EVENT_WAIT) == 0
+
+
 def test_send_without_a_peer_exits_3(space: Space) -> None:
     proc = space.start("alone", fresh_passphrase(), "send", "nobody", "--timeout", "1")
     out, err = proc.communicate(timeout=EVENT_WAIT)
