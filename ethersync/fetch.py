@@ -21,13 +21,15 @@ One core per space does both sides of the swarm over the frames of
   among equally rare ones, the first in this core's own random order: fetchers starting
   together ask the seeder for different chunks and then trade among themselves (a file
   is written only once complete, so file order would buy nothing).  A chunk is asked of
-  one peer at a time.  Bookkeeping is in bitmaps by random rank (Python ints), so a
-  request costs a few big-int operations whatever the file size.  A request unanswered
-  after ``get_timeout`` goes back to the pool; that peer gets it again only if no other
-  peer in good standing holds it, and its late answer is still taken.  A chunk the
-  Assembler rejects is counted (``drops["fetch_tampered"]``), reported as
-  :class:`ChunkRejected`, and that peer is not asked for it for ``tamper_avoid``.  A
-  ``nope`` clears the peer's bit and the chunk is asked elsewhere.
+  one peer at a time until the *endgame*: once every missing chunk of a file is asked
+  for, an idle holder is asked too (``endgame_copies``), so a stalled peer delays the
+  end by one request, not ``get_timeout``.  Bookkeeping is in bitmaps by random rank
+  (Python ints), so a request costs a few big-int operations whatever the file size.
+  A request unanswered after ``get_timeout`` goes back to the pool; that peer gets it
+  again only if no other peer in good standing holds it, and its late answer is still
+  taken.  A chunk the Assembler rejects is counted (``drops["fetch_tampered"]``),
+  reported as :class:`ChunkRejected`, and that peer is not asked for it for
+  ``tamper_avoid``.  A ``nope`` clears the peer's bit and the chunk is asked elsewhere.
 * **Serving.**  A ``get`` for any chunk in the store (only verified chunks ever enter
   it) is queued by hash, at most ``max_serve_queue`` per peer, and read from the store
   only when :meth:`datagrams_to_send` sends it, at most ``max_send_bytes`` per call
@@ -66,6 +68,9 @@ from ethersync.fetch_wire import (
     decode_untrusted,
     encode,
     expected_wait,
+    held_elsewhere,
+    pick_endgame_request,
+    pick_request,
 )
 from ethersync.keys import SpaceKeys
 from ethersync.manifest import Assembler, Manifest, Offer
@@ -425,10 +430,12 @@ class FetchCore:
             if len(peer.in_flight) < cfg.max_in_flight_per_peer
         ]
         heapq.heapify(heap)
-        elsewhere = self._elsewhere(active)
+        elsewhere = held_elsewhere(list(self._peers.values()), active)
         while heap and room > 0:
             peer = self._peers[heapq.heappop(heap)[2]]
-            pick = self._pick(peer, active, elsewhere) or self._pick_endgame(peer, endgame)
+            pick = pick_request(peer, active, elsewhere) or pick_endgame_request(
+                peer, endgame, self._in_flight, cfg.endgame_copies
+            )
             if pick is None:
                 continue
             entry, rank = pick
@@ -447,67 +454,3 @@ class FetchCore:
             room -= 1
             if len(peer.in_flight) < cfg.max_in_flight_per_peer:
                 heapq.heappush(heap, (expected_wait(peer), self._rng.random(), peer.name))
-
-    def _elsewhere(self, active: list[FileState]) -> dict[tuple[str, bytes], int]:
-        """Per (peer, file): chunks some *other* peer holds, not timed out or banned there."""
-        names = list(self._peers)
-        result: dict[tuple[str, bytes], int] = {}
-        for entry in active:
-            good = []
-            for name in names:
-                held = self._peers[name].files.get(entry.file_id)
-                good.append(0 if held is None else held.have & ~held.slow & ~held.banned_mask)
-            before = after = 0
-            prefix = []
-            for mask in good:
-                prefix.append(before)
-                before |= mask
-            for i in range(len(names) - 1, -1, -1):
-                result[(names[i], entry.file_id)] = prefix[i] | after
-                after |= good[i]
-        return result
-
-    def _pick(
-        self, peer: PeerState, active: list[FileState], elsewhere: dict[tuple[str, bytes], int]
-    ) -> tuple[FileState, int] | None:
-        """The rarest wanted chunk ``peer`` holds (lowest rank among equals), if any.
-
-        A chunk that timed out at this peer goes back to it only if no other peer could
-        serve it; one it tampered with, not until the ban runs out.
-        """
-        for level in range(RARITY_LEVELS):
-            for entry in active:
-                held = peer.files.get(entry.file_id)
-                if held is None:
-                    continue
-                usable = held.have & entry.wanted & entry.levels[level] & ~held.banned_mask
-                usable &= ~(held.slow & elsewhere[(peer.name, entry.file_id)])
-                if usable:
-                    return entry, (usable & -usable).bit_length() - 1
-        return None
-
-    def _pick_endgame(
-        self, peer: PeerState, endgame: list[FileState]
-    ) -> tuple[FileState, int] | None:
-        """Endgame: every missing chunk is asked for already; ask an idle holder too.
-
-        A stalled or slow peer then delays the end of a file by one more request rather
-        than by ``get_timeout``; at most ``endgame_copies`` requests per chunk, so the
-        duplicate answers cost at most one chunk each.
-        """
-        for entry in endgame:
-            held = peer.files.get(entry.file_id)
-            if held is None:
-                continue
-            for chunk_hash in entry.missing:
-                key = (entry.file_id, chunk_hash)
-                rank = entry.rep(chunk_hash)
-                usable = held.have & ~held.slow & ~held.banned_mask
-                asked = self._in_flight.get(key, set())
-                if (
-                    usable >> rank & 1
-                    and peer.name not in asked
-                    and len(asked) < self.config.endgame_copies
-                ):
-                    return entry, rank
-        return None

@@ -1,4 +1,4 @@
-"""Chunk-fetch frames, their limits and parser; the fetch core's tunables, events and state.
+"""Fetch protocol data: frames and their parser, the core's tunables, events and state.
 
 Theory of operation
 -------------------
@@ -22,6 +22,11 @@ file": the peer answers with its own bitmap.
 
 :func:`decode_untrusted` checks sizes and shapes and raises :class:`BadFrame` with a
 ``fetch_*`` reason for anything else, so the core can count drops by reason.
+
+The second half holds what :mod:`ethersync.fetch` keeps and decides with, as plain data
+and pure functions so that module stays the state machine alone: :class:`FetchConfig`,
+the events, the per-file and per-peer bookkeeping (bitmaps by random rank) and the choice
+of the next request (:func:`pick_request`, :func:`pick_endgame_request`).
 """
 
 from __future__ import annotations
@@ -218,7 +223,7 @@ class ChunkRejected:
 Event = FileProgress | FileComplete | ChunkRejected
 
 
-# -- the core's bookkeeping (plain data; the logic is in ethersync.fetch) -----------------
+# -- the core's bookkeeping and its choice of requests ------------------------------------
 
 Key = tuple[bytes, bytes]  # (file id, chunk hash)
 #: Weight of a new sample in a peer's smoothed service time (as TCP's SRTT, RFC 6298).
@@ -305,3 +310,65 @@ class PeerState:
 def expected_wait(peer: PeerState) -> float:
     """Expected wait for one more request to ``peer``: a peer not measured yet is tried first."""
     return (len(peer.in_flight) + 1) * (peer.service or 0.0)
+
+
+def held_elsewhere(peers: list[PeerState], active: list[FileState]) -> dict[tuple[str, bytes], int]:
+    """Per (peer, file): chunks some *other* peer holds, not timed out or banned there."""
+    result: dict[tuple[str, bytes], int] = {}
+    for entry in active:
+        good = []
+        for peer in peers:
+            held = peer.files.get(entry.file_id)
+            good.append(0 if held is None else held.have & ~held.slow & ~held.banned_mask)
+        before = after = 0
+        prefix = []
+        for mask in good:
+            prefix.append(before)
+            before |= mask
+        for i in range(len(peers) - 1, -1, -1):
+            result[(peers[i].name, entry.file_id)] = prefix[i] | after
+            after |= good[i]
+    return result
+
+
+def pick_request(
+    peer: PeerState, active: list[FileState], elsewhere: dict[tuple[str, bytes], int]
+) -> tuple[FileState, int] | None:
+    """The rarest wanted chunk ``peer`` holds (lowest rank among equals), if any.
+
+    A chunk that timed out at this peer goes back to it only if no other peer could
+    serve it; one it tampered with, not until the ban runs out.
+    """
+    for level in range(RARITY_LEVELS):
+        for entry in active:
+            held = peer.files.get(entry.file_id)
+            if held is None:
+                continue
+            usable = held.have & entry.wanted & entry.levels[level] & ~held.banned_mask
+            usable &= ~(held.slow & elsewhere[(peer.name, entry.file_id)])
+            if usable:
+                return entry, (usable & -usable).bit_length() - 1
+    return None
+
+
+def pick_endgame_request(
+    peer: PeerState, endgame: list[FileState], asked: dict[Key, set[str]], copies: int
+) -> tuple[FileState, int] | None:
+    """Endgame: every missing chunk is asked for already; ask an idle holder too.
+
+    A stalled or slow peer then delays the end of a file by one more request rather
+    than by ``get_timeout``; at most ``copies`` requests per chunk (``asked``), so the
+    duplicate answers cost at most one chunk each.
+    """
+    for entry in endgame:
+        held = peer.files.get(entry.file_id)
+        if held is None:
+            continue
+        for chunk_hash in entry.missing:
+            key = (entry.file_id, chunk_hash)
+            rank = entry.rep(chunk_hash)
+            usable = held.have & ~held.slow & ~held.banned_mask
+            askers = asked.get(key, set())
+            if usable >> rank & 1 and peer.name not in askers and len(askers) < copies:
+                return entry, rank
+    return None
