@@ -258,12 +258,22 @@ async def run_chat(node: Node, output: Output, stdin: TextIO = sys.stdin) -> int
     async def body() -> int:
         peers: set[bytes] = set()
         typed: list[str] = []
-        pending: set[tuple[bytes, int]] = set()
+        #: (peer, message id) -> index of the typed line it carries, until delivered.
+        pending: dict[tuple[bytes, int], int] = {}
+        #: Indexes of typed lines that reached at least one peer.
+        reached: set[int] = set()
         eof = trio.Event()
         _ready(node, output)
 
-        def deliver(peer_id: bytes, line: str) -> None:
-            pending.add((peer_id, node.send_message(peer_id, messages.text(line))))
+        def deliver(peer_id: bytes, index: int) -> None:
+            message_id = node.send_message(peer_id, messages.text(typed[index]))
+            pending[(peer_id, message_id)] = index
+
+        def done() -> bool:
+            """End of input, and every line reached a peer (or is on its way to one)."""
+            if not eof.is_set() or pending:
+                return False
+            return bool(peers) or len(reached) == len(typed)
 
         async def read_lines() -> None:
             while True:
@@ -274,7 +284,7 @@ async def run_chat(node: Node, output: Output, stdin: TextIO = sys.stdin) -> int
                     return
                 typed.append(line.rstrip("\n"))
                 for peer_id in list(peers):
-                    deliver(peer_id, typed[-1])
+                    deliver(peer_id, len(typed) - 1)
 
         async with trio.open_nursery() as inner:
             inner.start_soon(read_lines)
@@ -283,18 +293,21 @@ async def run_chat(node: Node, output: Output, stdin: TextIO = sys.stdin) -> int
                     peers.add(event.peer_id)
                     _peer_up(output, event)
                     node.send_message(event.peer_id, messages.hello("chat"))
-                    for line in typed:
-                        deliver(event.peer_id, line)
+                    for index in range(len(typed)):
+                        deliver(event.peer_id, index)
                 elif isinstance(event, MessageIn):
                     _message(output, event)
                 elif isinstance(event, PathChanged):
                     _path_changed(output, event)
                 elif isinstance(event, Delivered):
-                    pending.discard((event.peer_id, event.message_id))
+                    key = (event.peer_id, event.message_id)
+                    if key in pending:
+                        reached.add(pending.pop(key))
                 elif isinstance(event, PeerDown):
                     peers.discard(event.peer_id)
-                    pending.difference_update({p for p in pending if p[0] == event.peer_id})
-                if eof.is_set() and peers and not pending:
+                    for key in [k for k in pending if k[0] == event.peer_id]:
+                        del pending[key]
+                if done():
                     break
             inner.cancel_scope.cancel()
         for peer_id in peers:
