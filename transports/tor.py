@@ -1,0 +1,418 @@
+"""The Tor driver: a tor process of our own (or an existing one), onion services, SOCKS5 streams.
+
+Theory of operation
+-------------------
+:class:`TorLauncher` is an async context manager.  Given no control address it launches
+``tor`` with :func:`stem.process.launch_tor_with_config` (in a worker thread): data directory
+``STATE_DIR/tor`` (0700), ``SocksPort auto``, ``ControlPort auto`` written to a file in that
+directory, ``CookieAuthentication 1``, and the process owned by us (tor exits when we do or
+when our control connection closes).  It returns as soon as tor started, then waits for
+tor's own bootstrap report under a trio deadline, so a slow start is cancellable.  Given
+``control=(host, port)`` it attaches to a running tor instead (cookie or password auth).
+Extra torrc options (the lab's private network needs ``DirAuthority`` lines) are merged in.
+
+Every stem call blocks, so each one runs in :func:`trio.to_thread.run_sync`.  Onion services
+are ephemeral (``ADD_ONION`` on our control connection, never ``Detach``): they die with the
+connection.  On exit the launcher removes what it published (``DEL_ONION``), closes the
+controller and terminates a tor it launched, shielded from cancellation.
+
+The onion key is never written to disk: ADD_ONION takes it on the control connection
+(``Flags=DiscardPK`` anyway; tor does not return a key it was given), and a log filter on
+stem's logger blanks the key from stem's request tracing, the one place it could leak.
+
+:meth:`TorLauncher.connect` speaks SOCKS5 (RFC 1928) to tor by hand: a greeting with "no
+authentication", then CONNECT with a domain name (the ``.onion`` address) and port.  It is
+four small messages; a library would add a dependency for less than the code below.  Tor's
+extended reply codes (prop 304, 0xF0-0xF7) say why an onion connect failed; they surface as
+:attr:`TorConnectError.reason`.  The rendezvous rules built on top are in
+:mod:`transports.onion`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import stem
+import stem.connection
+import stem.process
+import trio
+from stem.control import Controller, Listener
+
+from p2pd.errors import LocalError, P2pdError
+from p2pd.paths import STATE_DIR_MODE, ensure_state_dir
+from transports.base import Addr
+
+#: Where the user finds tor when it is missing.
+INSTALL_HINT = "install tor: Debian/Ubuntu `apt install tor`, macOS `brew install tor`"
+#: Seconds tor gets to bootstrap (reach the network) before we give up.
+BOOTSTRAP_TIMEOUT = 120.0
+#: Interval at which tor's bootstrap progress is polled while waiting.
+BOOTSTRAP_POLL = 0.25
+#: Seconds for an onion descriptor to reach at least one HSDir.
+PUBLISH_TIMEOUT = 120.0
+#: Seconds a launched tor gets to exit after SIGTERM before SIGKILL.
+STOP_GRACE = 5.0
+#: Name of the tor data directory inside the state directory.
+TOR_DIR = "tor"
+#: File tor writes its control address to (ControlPortWriteToFile).
+CONTROL_PORT_FILE = "control_port"
+#: Longest host name SOCKS5 can carry (one length byte).
+MAX_SOCKS_HOST = 255
+
+SOCKS_VERSION = 5
+SOCKS_NO_AUTH = 0
+SOCKS_CONNECT = 1
+SOCKS_ATYP_IPV4 = 1
+SOCKS_ATYP_DOMAIN = 3
+SOCKS_ATYP_IPV6 = 4
+SOCKS_SUCCEEDED = 0
+#: SOCKS5 reply codes, with tor's extended ones (prop 304), as short reasons.
+SOCKS_REPLIES = {
+    0x01: "general_failure",
+    0x02: "not_allowed",
+    0x03: "network_unreachable",
+    0x04: "host_unreachable",
+    0x05: "refused",
+    0x06: "ttl_expired",
+    0x07: "command_not_supported",
+    0x08: "address_type_not_supported",
+    0xF0: "onion_descriptor_not_found",
+    0xF1: "onion_descriptor_invalid",
+    0xF2: "onion_intro_failed",
+    0xF3: "onion_rendezvous_failed",
+    0xF4: "onion_client_auth_missing",
+    0xF5: "onion_client_auth_wrong",
+    0xF6: "onion_address_invalid",
+    0xF7: "onion_intro_timed_out",
+}
+_ADDRESS_SIZES = {SOCKS_ATYP_IPV4: 4, SOCKS_ATYP_IPV6: 16}
+
+TorrcValue = str | list[str]
+
+
+class TorMissingError(LocalError):
+    """No tor binary: the message says which package to install."""
+
+
+class TorControlError(LocalError):
+    """tor could not be launched, reached, authenticated or asked to do something."""
+
+
+class TorConnectError(P2pdError):
+    """A connect through tor failed; :attr:`reason` is a short name for why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _RedactKeys(logging.Filter):
+    """Blanks ADD_ONION key material from stem's request tracing."""
+
+    _KEY = re.compile(r"(ED25519-V3|RSA1024):\S+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and ":" in record.msg:
+            record.msg = self._KEY.sub(r"\1:<redacted>", record.msg)
+        return True
+
+
+_STEM_LOGGER = logging.getLogger("stem")
+if not any(isinstance(f, _RedactKeys) for f in _STEM_LOGGER.filters):
+    _STEM_LOGGER.addFilter(_RedactKeys())
+
+
+# --- SOCKS5, sans-IO pieces ---------------------------------------------------------
+
+
+def socks_greeting() -> bytes:
+    """Version 5, one method: no authentication (tor's SocksPort needs none)."""
+    return bytes([SOCKS_VERSION, 1, SOCKS_NO_AUTH])
+
+
+def socks_connect_request(host: str, port: int) -> bytes:
+    """CONNECT to ``host:port`` by domain name, so tor (not we) resolves it."""
+    name = host.encode("ascii")
+    if not 0 < len(name) <= MAX_SOCKS_HOST or not 0 < port < 2**16:
+        raise LocalError(f"cannot ask SOCKS for {host!r} port {port}")
+    head = bytes([SOCKS_VERSION, SOCKS_CONNECT, 0, SOCKS_ATYP_DOMAIN, len(name)])
+    return head + name + port.to_bytes(2, "big")
+
+
+def socks_reply_length_untrusted(head: bytes) -> int:
+    """Bytes after the first five of a CONNECT reply; TorConnectError on a refusal."""
+    version, reply, _reserved, atyp, first = head
+    if version != SOCKS_VERSION:
+        raise TorConnectError("socks_malformed")
+    if reply != SOCKS_SUCCEEDED:
+        raise TorConnectError(SOCKS_REPLIES.get(reply, f"socks_{reply:#04x}"))
+    if atyp == SOCKS_ATYP_DOMAIN:
+        return first + 2
+    if atyp in _ADDRESS_SIZES:
+        return _ADDRESS_SIZES[atyp] - 1 + 2
+    raise TorConnectError("socks_malformed")
+
+
+async def _receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        if not chunk:
+            raise TorConnectError("socks_eof")
+        data += chunk
+    return bytes(data)
+
+
+async def socks5_connect(socks: Addr, host: str, port: int) -> trio.SocketStream:
+    """A stream to ``host:port`` through the SOCKS5 proxy at ``socks`` (no timeout here)."""
+    try:
+        stream = await trio.open_tcp_stream(*socks)
+    except OSError as exc:
+        raise TorConnectError("socks_unreachable") from exc
+    try:
+        await stream.send_all(socks_greeting())
+        if await _receive_exactly(stream, 2) != bytes([SOCKS_VERSION, SOCKS_NO_AUTH]):
+            raise TorConnectError("socks_auth_refused")
+        await stream.send_all(socks_connect_request(host, port))
+        rest = socks_reply_length_untrusted(await _receive_exactly(stream, 5))
+        await _receive_exactly(stream, rest)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
+
+
+# --- the launcher ----------------------------------------------------------------------
+
+
+def _require_tor(tor_cmd: str) -> str:
+    path = shutil.which(tor_cmd)
+    if path is None:
+        raise TorMissingError(f"`{tor_cmd}` was not found on PATH; {INSTALL_HINT}")
+    return path
+
+
+def _parse_control_file(text: str) -> Addr:
+    """``PORT=127.0.0.1:9051`` (what ControlPortWriteToFile writes) as an address."""
+    for line in text.splitlines():
+        if line.startswith("PORT="):
+            host, _, port = line[len("PORT=") :].rpartition(":")
+            return host, int(port)
+    raise TorControlError("tor wrote no control port")
+
+
+class TorLauncher:
+    """A tor we launched or attached to; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path | None = None,
+        control: Addr | None = None,
+        password: str | None = None,
+        cookie_path: Path | None = None,
+        torrc: Mapping[str, TorrcValue] | None = None,
+        tor_cmd: str = "tor",
+        bootstrap_timeout: float = BOOTSTRAP_TIMEOUT,
+    ) -> None:
+        if control is None and state_dir is None:
+            raise LocalError("TorLauncher needs a state directory to launch tor, or control=")
+        self.state_dir = state_dir
+        self.control = control
+        self._password = password
+        self._cookie_path = cookie_path
+        self.torrc = dict(torrc or {})
+        self.tor_cmd = tor_cmd
+        self.bootstrap_timeout = bootstrap_timeout
+        self.socks: Addr | None = None
+        self._controller: Any = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._services: set[str] = set()
+
+    def __repr__(self) -> str:
+        mode = "launched" if self._process is not None else "attached"
+        return f"<TorLauncher {mode} socks={self.socks} services={len(self._services)}>"
+
+    @property
+    def launched(self) -> bool:
+        """Whether the tor process is ours (and will be terminated on exit)."""
+        return self._process is not None
+
+    async def __aenter__(self) -> TorLauncher:
+        try:
+            await self._start()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with trio.CancelScope(shield=True):
+            await self.aclose()
+
+    async def _start(self) -> None:
+        if self.control is None:
+            self.control = await self._launch()
+        self._controller = await trio.to_thread.run_sync(self._open_controller, self.control)
+        await self._wait_bootstrapped()
+        listeners = await self._call(self._controller.get_listeners, Listener.SOCKS)
+        if not listeners:
+            raise TorControlError("tor has no SocksPort; add `SocksPort auto` to its torrc")
+        host, port = listeners[0]
+        self.socks = (str(host), int(port))
+
+    async def _launch(self) -> Addr:
+        tor = _require_tor(self.tor_cmd)
+        assert self.state_dir is not None
+        data_dir = ensure_state_dir(self.state_dir) / TOR_DIR
+        data_dir.mkdir(mode=STATE_DIR_MODE, exist_ok=True)
+        data_dir.chmod(STATE_DIR_MODE)
+        control_file = data_dir / CONTROL_PORT_FILE
+        control_file.unlink(missing_ok=True)
+        config: dict[str, TorrcValue] = {
+            "DataDirectory": str(data_dir),
+            "SocksPort": "127.0.0.1:auto",
+            "ControlPort": "127.0.0.1:auto",
+            "ControlPortWriteToFile": str(control_file),
+            "CookieAuthentication": "1",
+            **self.torrc,
+        }
+
+        def launch() -> subprocess.Popen[bytes]:
+            try:
+                proc: subprocess.Popen[bytes] = stem.process.launch_tor_with_config(
+                    config, tor_cmd=tor, completion_percent=0, timeout=None, take_ownership=True
+                )
+            except OSError as exc:
+                raise TorControlError(f"tor did not start: {exc}") from None
+            return proc
+
+        self._process = await trio.to_thread.run_sync(launch)
+        with trio.fail_after(self.bootstrap_timeout):
+            while not control_file.exists():
+                await trio.sleep(BOOTSTRAP_POLL)
+        return _parse_control_file(control_file.read_text())
+
+    def _open_controller(self, control: Addr) -> Any:
+        try:
+            controller = Controller.from_port(address=control[0], port=control[1])
+        except stem.SocketError as exc:
+            raise TorControlError(f"cannot reach tor's control port {control}: {exc}") from None
+        try:
+            if self._cookie_path is not None:
+                stem.connection.authenticate_cookie(controller, str(self._cookie_path))
+                # What stem.connection.authenticate does after success: without it the
+                # controller never subscribes to events (publication would never be seen).
+                controller._post_authentication()
+            else:
+                controller.authenticate(password=self._password)
+        except (stem.connection.AuthenticationFailure, OSError) as exc:
+            controller.close()
+            raise TorControlError(f"tor refused our control authentication: {exc}") from None
+        return controller
+
+    async def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """A blocking stem call in a worker thread, stem's errors mapped to ours."""
+
+        def call() -> Any:
+            try:
+                return method(*args, **kwargs)
+            except (stem.ControllerError, stem.Timeout) as exc:
+                raise TorControlError(f"tor: {exc}") from None
+
+        return await trio.to_thread.run_sync(call)
+
+    async def _wait_bootstrapped(self) -> None:
+        with trio.move_on_after(self.bootstrap_timeout) as scope:
+            while True:
+                phase = await self._call(self._controller.get_info, "status/bootstrap-phase")
+                if "PROGRESS=100" in str(phase):
+                    return
+                await trio.sleep(BOOTSTRAP_POLL)
+        if scope.cancelled_caught:
+            raise TorControlError(f"tor did not bootstrap in {self.bootstrap_timeout:.0f} s")
+
+    def _require_controller(self) -> Any:
+        if self._controller is None:
+            raise LocalError("use TorLauncher as `async with` before talking to tor")
+        return self._controller
+
+    async def publish(
+        self,
+        key_blob: str,
+        virtual_port: int,
+        target_port: int,
+        *,
+        timeout: float = PUBLISH_TIMEOUT,
+    ) -> str:
+        """Publish the onion service of ``key_blob`` (ED25519-V3) and return its service id.
+
+        Connections to ``virtual_port`` of the onion reach ``127.0.0.1:target_port``.  Returns
+        once a descriptor was uploaded to at least one HSDir.
+        """
+        controller = self._require_controller()
+        response = await self._call(
+            controller.create_ephemeral_hidden_service,
+            {virtual_port: f"127.0.0.1:{target_port}"},
+            key_type="ED25519-V3",
+            key_content=key_blob,
+            discard_key=True,
+            await_publication=True,
+            timeout=timeout,
+        )
+        service = str(response.service_id)
+        self._services.add(service)
+        return service
+
+    async def remove(self, service_id: str) -> None:
+        """Withdraw a service published here (DEL_ONION); unknown ids are ignored."""
+        if service_id not in self._services:
+            return
+        self._services.discard(service_id)
+        await self._call(self._require_controller().remove_ephemeral_hidden_service, service_id)
+
+    async def connect(self, onion_address: str, port: int, timeout: float) -> trio.SocketStream:
+        """A stream to ``onion_address:port`` through tor; TorConnectError when it fails."""
+        if self.socks is None:
+            raise LocalError("use TorLauncher as `async with` before connecting")
+        try:
+            with trio.fail_after(timeout):
+                return await socks5_connect(self.socks, onion_address, port)
+        except trio.TooSlowError:
+            raise TorConnectError("timeout") from None
+
+    async def aclose(self) -> None:
+        """Withdraw our services, close the controller, stop a tor we launched."""
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            for service in sorted(self._services):
+                with contextlib.suppress(TorControlError):
+                    await self._call(controller.remove_ephemeral_hidden_service, service)
+            self._services.clear()
+            await trio.to_thread.run_sync(controller.close)
+        process, self._process = self._process, None
+        if process is not None:
+            await trio.to_thread.run_sync(_stop, process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
