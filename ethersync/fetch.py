@@ -124,7 +124,11 @@ class FetchCore:
     # -- local calls ----------------------------------------------------------------
 
     def want(self, file_id: bytes, manifest: Manifest) -> None:
-        """Fetch, resume, or (when complete) seed file ``file_id`` as ``manifest`` describes it."""
+        """Fetch, resume, or (when complete) seed file ``file_id`` as ``manifest`` describes it.
+
+        Chunks the store holds for other files are taken at once (with events); a file
+        complete in the store already emits nothing.
+        """
         if file_id in self._files:
             if self._files[file_id].manifest != manifest:
                 raise LocalError("this file id is already wanted with another manifest")
@@ -156,6 +160,8 @@ class FetchCore:
             verified_bytes=sum(manifest.length(index) for index in done),
         )
         self._files[file_id] = entry
+        for chunk_hash in [digest for digest in missing if self.store.has_chunk(digest)]:
+            self._reuse(entry, chunk_hash, self._now)
         for peer in self._peers.values():
             have = self._pending_haves.pop((peer.name, file_id), None)
             if have is not None and have.count == count:
@@ -298,6 +304,17 @@ class FetchCore:
             self._emit(ChunkRejected(peer.name, file_id, entry.missing[chunk_hash][0]))
             raise BadFrame("fetch_tampered")
         self._verified(entry, chunk_hash, now)
+        for other in self._files.values():
+            if chunk_hash in other.missing:
+                self._reuse(other, chunk_hash, now)
+
+    def _reuse(self, entry: FileState, chunk_hash: bytes, now: float) -> None:
+        """Fill ``entry`` with a chunk the store holds for another file: equal hashes are
+        equal bytes, so a file published again, or sharing chunks, costs no transfer."""
+        blob = self.store.get_chunk(chunk_hash)
+        if blob is not None and entry.assembler.offer(chunk_hash, blob) is not Offer.REJECTED:
+            self.stats["chunk_reused"] += 1
+            self._verified(entry, chunk_hash, now)
 
     def _verified(self, entry: FileState, chunk_hash: bytes, now: float) -> None:
         added = 0

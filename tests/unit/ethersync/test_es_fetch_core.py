@@ -347,3 +347,29 @@ def test_a_full_event_queue_drops_progress_never_completion(tmp_path: Path) -> N
     assert kept[1:] == [FileComplete(file_id), None]
     assert isinstance(kept[0], FileProgress) and kept[0].verified_bytes == manifest.size
     assert fetcher.stats["event_dropped"] == 2
+
+
+def test_chunks_held_for_another_file_are_not_fetched_again(tmp_path: Path) -> None:
+    store, first_id, first = _publish(tmp_path)
+    again = publish_file(store, KEYS, ALICE, tmp_path / "source.bin", ts=2, chunk_size=CHUNK)
+    second = manifest_untrusted(open_untrusted(again.blob, KEYS))
+    assert again.id != first_id and second.hashes == first.hashes
+    fetcher = _core(Store(tmp_path / "bob.sqlite3"))
+    fetcher.want(first_id, first)
+    fetcher.add_peer("alice")
+    fetcher.receive_untrusted("alice", _have_all(first_id), 0.0)
+    for frame in _frames(fetcher.datagrams_to_send(0.0), "alice"):
+        if isinstance(frame, Get):
+            blob = store.get_chunk(frame.chunk_hash)
+            assert blob is not None
+            fetcher.receive_untrusted("alice", encode(Chunk(first_id, frame.chunk_hash, blob)), 1)
+    assert fetcher.complete(first_id)
+    while fetcher.next_event() is not None:
+        pass
+    fetcher.want(again.id, second)
+    assert fetcher.complete(again.id) and fetcher.stats["chunk_reused"] == CHUNKS
+    assert fetcher.stats["get_sent"] == CHUNKS, "nothing was asked for the second file"
+    events = []
+    while (event := fetcher.next_event()) is not None:
+        events.append(event)
+    assert events[-1] == FileComplete(again.id), "the driver hears it is complete"
