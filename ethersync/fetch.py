@@ -164,7 +164,7 @@ class FetchCore:
             self._reuse(entry, chunk_hash, self._now)
         for peer in self._peers.values():
             have = self._pending_haves.pop((peer.name, file_id), None)
-            if have is not None and have.count == count:
+            if have is not None and have.count == count and entry.missing:
                 entry.set_have(peer.holding(file_id), have.bits)
             self._announce(peer, entry)
 
@@ -257,7 +257,8 @@ class FetchCore:
             return
         if have.count != len(entry.manifest.hashes):
             raise BadFrame("fetch_have_count")
-        entry.set_have(peer.holding(have.file_id), have.bits)
+        if entry.missing:
+            entry.set_have(peer.holding(have.file_id), have.bits)
         if have.file_id not in peer.announced:
             self._announce(peer, entry)
 
@@ -334,6 +335,8 @@ class FetchCore:
         self._emit(FileProgress(entry.file_id, entry.verified_bytes, total, self._rate(entry, now)))
         if not entry.missing:
             self._emit(FileComplete(entry.file_id))
+            for peer in self._peers.values():  # nothing left to choose between them for
+                peer.files.pop(entry.file_id, None)
 
     def _rate(self, entry: FileState, now: float) -> float:
         started = now if entry.started is None else entry.started
@@ -376,7 +379,8 @@ class FetchCore:
                 if len(peer.late) >= self.config.max_late:
                     del peer.late[next(iter(peer.late))]
                 peer.late[key] = None
-                peer.holding(key[0]).slow |= 1 << rank
+                if key[1] in self._files[key[0]].missing:
+                    peer.holding(key[0]).slow |= 1 << rank
                 self.stats["timeout"] += 1
             for held in peer.files.values():
                 for rank in [r for r, until in held.banned.items() if until <= now]:
