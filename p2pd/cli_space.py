@@ -28,8 +28,6 @@ from p2pd.errors import LocalError
 
 #: Default seconds ``publish`` waits for a peer to hold the whole file.
 PUBLISH_TIMEOUT = 600.0
-#: Sub-directory of the user's download directory that fetched files go to.
-DOWNLOAD_SUBDIR = "p2pd"
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -39,11 +37,11 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _download_dir(args: argparse.Namespace) -> Path:
+    from p2pd.space.commands import default_download_dir  # noqa: PLC0415
+
     if args.download_dir:
         return Path(args.download_dir).expanduser()
-    import platformdirs  # noqa: PLC0415
-
-    return Path(platformdirs.user_downloads_dir()) / DOWNLOAD_SUBDIR
+    return default_download_dir()
 
 
 def _store_path(args: argparse.Namespace, space_id: bytes) -> Path:
@@ -164,7 +162,7 @@ def _space_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--download-dir",
         metavar="DIR",
-        help=f"where fetched files go (default: the Downloads dir/{DOWNLOAD_SUBDIR})",
+        help="where fetched files go (default: the Downloads dir/p2pd)",
     )
 
 

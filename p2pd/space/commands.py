@@ -42,6 +42,15 @@ from p2pd.space.progress import Bar
 PROGRESS_POLL = 0.25
 #: Fewest hex digits of a file id ``get`` accepts.
 MIN_PREFIX = 4
+#: Sub-directory of the user's download directory that fetched files go to.
+DOWNLOAD_SUBDIR = "p2pd"
+
+
+def default_download_dir() -> Path:
+    """Where fetched files go unless told otherwise: ``Downloads/p2pd`` (XDG on Linux)."""
+    import platformdirs  # noqa: PLC0415
+
+    return Path(platformdirs.user_downloads_dir()) / DOWNLOAD_SUBDIR
 
 
 @dataclass(slots=True)

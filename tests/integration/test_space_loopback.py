@@ -85,6 +85,15 @@ def wait_for(proc: Proc, match: Callable[[dict[str, Any]], bool]) -> dict[str, A
             return event
 
 
+def collect(proc: Proc, kinds: set[str]) -> dict[str, dict[str, Any]]:
+    """The first event of each of ``kinds`` on ``proc``'s stdout, in whatever order."""
+    seen: dict[str, dict[str, Any]] = {}
+    while set(seen) != kinds:
+        event = wait_for(proc, lambda e: e.get("event") in kinds - set(seen))
+        seen[event["event"]] = event
+    return seen
+
+
 def is_event(kind: str) -> Callable[[dict[str, Any]], bool]:
     return lambda event: event.get("event") == kind
 
@@ -106,24 +115,20 @@ def test_messages_and_files_spread_and_reach_a_late_joiner(space: Space, tmp_pat
     assert sender.wait(timeout=EVENT_WAIT * 2) == 0
     authors = set()
     for proc in (a, b):
-        saved = wait_for(proc, is_event("saved"))
-        assert saved["id"] == published["id"]
-        path = Path(saved["path"])
+        seen = collect(proc, {"saved", "message"})
+        assert seen["saved"]["id"] == published["id"]
+        path = Path(seen["saved"]["path"])
         assert path.name == sanitize_filename(FILE_NAME) and path.parent.name == "dl"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
-        message = wait_for(proc, is_event("message"))
-        assert message["text"] == "hello space" and not message["local"]
-        authors.add(message["author"])
+        assert seen["message"]["text"] == "hello space" and not seen["message"]["local"]
+        authors.add(seen["message"]["author"])
     # The publisher and the sender are gone: a late joiner gets both from a and b.
     late = space.start("late", phrase, "join")
     other = fresh_passphrase()
     stranger = space.start("stranger", other, "join", "--timeout", "10")
-    seen = {"saved": False, "message": False}
-    while not all(seen.values()):
-        event = wait_for(late, lambda e: e.get("event") in seen)
-        seen[event["event"]] = True
-        if event["event"] == "saved":
-            assert hashlib.sha256(Path(event["path"]).read_bytes()).hexdigest() == digest
+    seen = collect(late, {"saved", "message"})
+    assert hashlib.sha256(Path(seen["saved"]["path"]).read_bytes()).hexdigest() == digest
+    assert seen["message"]["text"] == "hello space"
     listing = space.start("late", phrase, "ls", node=False)
     out, _ = listing.communicate(timeout=EVENT_WAIT)
     rows = [json.loads(line) for line in out.splitlines()]
