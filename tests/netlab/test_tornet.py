@@ -18,13 +18,14 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from nacl.signing import SigningKey
 from stem.control import Controller
 
 from .lab import Lab
+from .nodes import Host
 from .tornet import TorClient, TorNet, tor_missing_reason
 
 #: "Well under a minute" (issue 6), with room for a slow CI machine; measured 10-26 s here.
@@ -46,8 +47,8 @@ ONION_CHECKSUM_LABEL = b".onion checksum"
 #: A TEST-NET-1 address: the canary packet sent toward the dummy route proves the counter works.
 CANARY_ADDRESS = "192.0.2.1"
 DISCARD_PORT = 9
-#: The sink: an address, a gateway with a static neighbour entry (no ARP), all lab-private.
-SINK_ADDRESS, SINK_GATEWAY, SINK_MAC = "10.66.0.1", "10.66.0.2", "02:00:00:00:00:02"
+#: The sink gateway's made-up MAC address (locally administered).
+SINK_MAC = "02:00:00:00:00:02"
 
 
 def require_tor() -> None:
@@ -200,28 +201,50 @@ def test_onion_address_matches_the_spec_example() -> None:
     assert onion_address(public_key) == onion
 
 
-def test_nothing_but_loopback_is_dialed(lab: Lab) -> None:
-    """In a namespace whose default route goes into a counted dummy interface, the network
-    bootstraps and not one packet leaves for an address other than loopback."""
-    require_tor()
-    host = lab.host("tor")
-    # A veth pair with both ends inside the namespace (no dummy module on every kernel).
+def watch_outbound(lab: Lab, host: Host, sink: int, allowed: Sequence[str]) -> None:
+    """Route host's default into a counted sink and count what leaves for anyone not allowed.
+
+    The sink is a veth pair with both ends inside the namespace (no dummy module on every
+    kernel) and a static neighbour for the gateway (no ARP): a packet to any address
+    outside the lab would be routed there and counted, never delivered. One IPv4 canary to
+    TEST-NET-1 proves the counter sees what tor would send.
+    """
+    address, gateway = f"10.66.{sink}.1", f"10.66.{sink}.2"
     lab.check_output(host, ["ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1"])
-    lab.check_output(host, ["ip", "addr", "add", f"{SINK_ADDRESS}/24", "dev", "d0"])
+    lab.check_output(host, ["ip", "addr", "add", f"{address}/24", "dev", "d0"])
     for ifname in ("d0", "d1"):  # no IPv6 autoconfiguration chatter (DAD, RS, MLD)
         lab.sysctl(host, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
         lab.check_output(host, ["ip", "link", "set", ifname, "up"])
-    lab.check_output(host, ["ip", "neigh", "add", SINK_GATEWAY, "lladdr", SINK_MAC, "dev", "d0"])
-    lab.check_output(host, ["ip", "route", "add", "default", "via", SINK_GATEWAY])
+    lab.check_output(host, ["ip", "neigh", "add", gateway, "lladdr", SINK_MAC, "dev", "d0"])
+    lab.check_output(host, ["ip", "route", "add", "default", "via", gateway])
     lab.nft(host, "table inet watch {\n chain out {\n type filter hook output priority 0;\n"
-                  ' oifname != "lo" meta nfproto ipv4 counter\n'
-                  ' oifname != "lo" meta nfproto ipv6 counter\n }\n}\n')  # fmt: skip
+                  f' oifname != "lo" ip daddr != {{ {", ".join(allowed)} }} counter\n'
+                  ' oifname != "lo" meta nfproto ipv6 meta l4proto != ipv6-icmp counter\n'
+                  " }\n}\n")  # fmt: skip
     canary = (
         f"import socket; socket.socket(2, 2).sendto(b'x', ({CANARY_ADDRESS!r}, {DISCARD_PORT}))"
     )
     lab.check_output(host, ["python3", "-c", canary])
-    with TorNet(clients=["a"], netns=host.netns) as net:
-        assert net.bootstrap_seconds is not None
+
+
+def outbound_counts(lab: Lab, host: Host) -> list[str]:
     ruleset = lab.check_output(host, ["nft", "list", "table", "inet", "watch"])
-    counts = re.findall(r"counter packets (\d+) ", ruleset)
-    assert counts == ["1", "0"], ruleset  # the IPv4 canary, and nothing from tor
+    return re.findall(r"counter packets (\d+) ", ruleset)
+
+
+def test_nothing_but_the_network_is_dialed(lab: Lab) -> None:
+    """The network in one namespace, a client in another (as a p2pd node's tor in issue 6's
+    --tor-only test): both bootstrap, and neither sends one packet to anyone but the other."""
+    require_tor()
+    segment = lab.segment("tor", "10.66.0.0/24")
+    relays, node = lab.host("relays"), lab.host("node")
+    relays_ip, node_ip = lab.attach(relays, segment, "10.66.0.1"), lab.attach(node, segment)
+    watch_outbound(lab, relays, 1, [relays_ip, node_ip])
+    watch_outbound(lab, node, 2, [relays_ip])
+    with TorNet(address=relays_ip, netns=relays.netns) as net:
+        client = net.add_client("n", netns=node.netns)
+        assert client.cookie_path.exists()
+        assert net.bootstrap_seconds is not None
+        print(f"namespaced network bootstrapped in {net.bootstrap_seconds:.1f} s")
+    assert outbound_counts(lab, relays) == ["1", "0"]  # the IPv4 canary, nothing from tor
+    assert outbound_counts(lab, node) == ["1", "0"]

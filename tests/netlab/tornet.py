@@ -225,26 +225,30 @@ class TorNet:
         self._authorities = self._make_authorities(names)
         self._started_at = time.monotonic()
         for authority in self._authorities:
-            self._launch(authority.name, self._authority_lines(authority))
+            self._launch(authority.name, self._authority_lines(authority), self.netns)
         for i in range(relays):
             or_port, dir_port = self._free_port(), self._free_port()
-            self._launch(f"relay{i}", self._relay_lines(or_port, dir_port))
+            self._launch(f"relay{i}", self._relay_lines(or_port, dir_port), self.netns)
         for name in self._initial_clients:
             self._start_client(name)
-        self.wait_bootstrapped(self._initial_clients)
-        self.bootstrap_seconds = time.monotonic() - self._started_at
+        if self._initial_clients:
+            self.wait_bootstrapped(self._initial_clients)
+            self.bootstrap_seconds = time.monotonic() - self._started_at
 
-    def add_client(self, name: str, *, wait: bool = True) -> TorClient:
-        """Start a client tor; with ``wait``, return once it has bootstrapped."""
-        client = self._start_client(name)
+    def add_client(self, name: str, *, netns: str | None = None, wait: bool = True) -> TorClient:
+        """Start a client tor (in ``netns``, default the network's); with ``wait``, return
+        once it has bootstrapped. Its ports are on 127.0.0.1 of its own namespace."""
+        client = self._start_client(name, netns)
         if wait:
             self.wait_bootstrapped([name])
+            if self.bootstrap_seconds is None:
+                self.bootstrap_seconds = time.monotonic() - self._started_at
         return client
 
-    def _start_client(self, name: str) -> TorClient:
+    def _start_client(self, name: str, netns: str | None = None) -> TorClient:
         if not re.fullmatch(r"[a-z][a-z0-9]{0,15}", name) or name in self._tors:
             raise TorNetError(f"client name {name!r} is invalid or already used")
-        tor = self._launch(name, self.client_lines())
+        tor = self._launch(name, self.client_lines(), netns or self.netns)
         socks, control = self._listener_ports(tor)
         client = TorClient(name, socks, control, tor.data_dir / "control_auth_cookie", tor.data_dir)
         self.clients[name] = client
@@ -351,7 +355,7 @@ class TorNet:
 
     # --- processes -----------------------------------------------------------------------
 
-    def _launch(self, name: str, lines: list[str]) -> _Tor:
+    def _launch(self, name: str, lines: list[str], netns: str | None) -> _Tor:
         data_dir = self.directory / name
         data_dir.mkdir(mode=0o700, exist_ok=True)
         data_dir.chmod(0o700)
@@ -361,8 +365,8 @@ class TorNet:
                        f"Log notice file {data_dir / 'notice.log'}", *lines]) + "\n"
         )  # fmt: skip
         argv = [*self._die_with_us(), "tor", "-f", str(torrc), "--defaults-torrc", os.devnull]
-        if self.netns is not None:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
+        if netns is not None:
+            argv = ["ip", "netns", "exec", netns, *argv]
         with open(data_dir / "stdout.log", "wb") as out:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
