@@ -24,8 +24,19 @@ stem's logger blanks the key from stem's request tracing, the one place it could
 authentication", then CONNECT with a domain name (the ``.onion`` address) and port.  It is
 four small messages; a library would add a dependency for less than the code below.  Tor's
 extended reply codes (prop 304, 0xF0-0xF7) say why an onion connect failed; they surface as
-:attr:`TorConnectError.reason`.  The rendezvous rules built on top are in
-:mod:`transports.onion`.
+:attr:`TorConnectError.reason`.
+
+:func:`meet` applies the rendezvous rules of :mod:`transports.onion` (publish and connect at
+once, a hello that recognises our own nonce, wait / withdraw / back off) and returns one
+stream to the other peer, past the hello, on which the caller runs framed datagrams
+(:mod:`transports.framing`) and the Noise handshake as path ``tor``.  Its invariant: an
+attempt or hello in flight is never cut short (each is bounded by its own timeout), and the
+listener stays open :data:`MEET_GRACE` after the first stream, so a stream one end counted is
+counted by the other too, and both keep the same one (the lowest connector nonce).  If an
+answer is lost anyway, the end that kept a stream the other never saw gets end-of-stream
+and meets again.  Measured on the lab's private network: both peers started at the same
+instant met in about 4.5 s (one reached itself and waited, the other reached it); with one
+peer 30 s late, about 48 s (a withdrawal round).
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ import secrets
 import shutil
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -578,6 +589,26 @@ async def _seek(meeting: _Meeting, tor: TorLauncher) -> None:
             selfs = 0
 
 
+@contextlib.contextmanager
+def _single_errors() -> Iterator[None]:
+    """Raise a nursery's lone error (a TorControlError, say) as itself, not in a group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
 async def meet(
     tor: TorLauncher,
     identity: OnionIdentity,
@@ -602,20 +633,25 @@ async def meet(
     try:
         # Attempts in flight and hellos being answered are never cancelled (each is
         # bounded): a stream one end counted is then counted by the other end too.
-        async with trio.open_nursery() as nursery:
-            accepting = trio.CancelScope()
+        with _single_errors():
+            async with trio.open_nursery() as nursery:
+                accepting = trio.CancelScope()
 
-            async def accept_loop() -> None:
-                with accepting:
-                    while True:
-                        stream = await listeners[0].accept()
-                        nursery.start_soon(_answer, meeting, stream)
+                async def accept_loop() -> None:
+                    with accepting:
+                        while True:
+                            stream = await listeners[0].accept()
+                            nursery.start_soon(_answer, meeting, stream)
 
-            nursery.start_soon(accept_loop)
-            nursery.start_soon(_seek, meeting, tor)
-            await meeting.first.wait()
-            await trio.sleep(grace)
-            accepting.cancel()
+                nursery.start_soon(accept_loop)
+                nursery.start_soon(_seek, meeting, tor)
+                await meeting.first.wait()
+                await trio.sleep(grace)
+                accepting.cancel()
+    except BaseException:
+        for found in meeting.found:
+            await trio.aclose_forcefully(found.stream)
+        raise
     finally:
         await trio.aclose_forcefully(listeners[0])
         if meeting.service is not None:

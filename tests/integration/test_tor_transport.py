@@ -18,8 +18,9 @@ import pytest
 import trio
 
 from p2pd.derive import params_from_master
+from p2pd.errors import LocalError
 from transports.framing import FrameDecoder, encode_frame
-from transports.onion import OnionIdentity
+from transports.onion import RENDEZVOUS_TIMEOUT, OnionIdentity
 from transports.tor import (
     LOOPBACK,
     TOR_DIR,
@@ -39,6 +40,8 @@ except ImportError:  # pragma: no cover - only until the lab's Tor network lands
 
 #: Virtual port the tests publish on.
 PORT = 4242
+#: Seconds the second peer starts after the first, beyond one SELF_WAIT round.
+LATE_START = 30.0
 #: Seconds any one network step may take in the private network (it takes about one).
 STEP_TIMEOUT = 90.0
 
@@ -61,7 +64,9 @@ def net() -> Iterator[Any]:
     reason = tornet.tor_missing_reason()
     if reason is not None:
         _skip_or_fail(reason)
-    with tornet.TorNet(clients=["a", "b"]) as network:
+    with tornet.TorNet() as network:
+        network.add_client("a")
+        network.add_client("b")
         yield network
 
 
@@ -113,6 +118,13 @@ async def test_socks_refusal_reason_is_reported() -> None:
     assert caught.value.reason == "onion_descriptor_not_found"
     assert requests == [b"\x05\x01\x00", socks_connect_request("example.onion", 80)]
     assert requests[1] == b"\x05\x01\x00\x03\x0dexample.onion\x00\x50"
+
+
+async def test_meet_raises_the_local_error_itself(tmp_path: Path) -> None:
+    """A failure inside meet's tasks reaches the caller as itself, not as a group."""
+    not_entered = TorLauncher(state_dir=tmp_path)
+    with pytest.raises(LocalError, match="async with"):
+        await meet(not_entered, _identity(6))
 
 
 # --- against the private Tor network -----------------------------------------------------
@@ -172,6 +184,29 @@ async def test_both_meet_at_the_same_instant_on_one_stream(net: Any) -> None:
         assert a.nonce == b.nonce, counters
         assert a.outbound != b.outbound
         assert a.stream.socket.getsockname() != b.stream.socket.getsockname()
+        await _exchange(a.stream, b.stream)
+        await a.stream.aclose()
+        await b.stream.aclose()
+
+
+async def test_a_late_peer_is_met_after_a_withdrawal(net: Any) -> None:
+    """A alone reaches itself, waits, withdraws; B comes 30 s later; they still meet."""
+    identity = _identity(7)
+    results: dict[str, TorStream] = {}
+    counters: dict[str, Any] = {}
+
+    async def peer(name: str, tor: TorLauncher, delay: float) -> None:
+        await trio.sleep(delay)
+        results[name], counters[name] = await meet(tor, identity)
+
+    async with _attach(net.clients["a"]) as tor_a, _attach(net.clients["b"]) as tor_b:
+        with trio.fail_after(RENDEZVOUS_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer, "a", tor_a, 0.0)
+                nursery.start_soon(peer, "b", tor_b, LATE_START)
+        a, b = results["a"], results["b"]
+        assert a.nonce == b.nonce, counters
+        assert counters["a"]["hello_self"] >= 1, counters
         await _exchange(a.stream, b.stream)
         await a.stream.aclose()
         await b.stream.aclose()
