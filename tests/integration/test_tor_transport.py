@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from transports.tor import (
     LOOPBACK,
     TOR_DIR,
     TorConnectError,
+    TorControlError,
     TorLauncher,
     TorMissingError,
     TorStream,
@@ -40,6 +42,8 @@ except ImportError:  # pragma: no cover - only until the lab's Tor network lands
 
 #: Virtual port the tests publish on.
 PORT = 4242
+#: Control password of the password-auth test (a test value, not a secret).
+PASSWORD = "p2pd-test-control-password"
 #: Seconds the second peer starts after the first, beyond one SELF_WAIT round.
 LATE_START = 30.0
 #: Seconds any one network step may take in the private network (it takes about one).
@@ -212,8 +216,8 @@ async def test_a_late_peer_is_met_after_a_withdrawal(net: Any) -> None:
         await b.stream.aclose()
 
 
-async def test_launched_tor_keeps_no_key_on_disk_and_stops(net: Any, tmp_path: Path) -> None:
-    """Our own tor, in the private network: 0700 data dir, key never written, process gone."""
+def _private_torrc(net: Any) -> dict[str, str | list[str]]:
+    """The network's torrc lines (authorities and testing options) as a torrc mapping."""
     torrc: dict[str, str | list[str]] = {}
     for line in net.common_lines():
         key, _, value = line.partition(" ")
@@ -222,6 +226,30 @@ async def test_launched_tor_keeps_no_key_on_disk_and_stops(net: Any, tmp_path: P
             torrc[key] = value
         else:
             torrc[key] = [*([existing] if isinstance(existing, str) else existing), value]
+    return torrc
+
+
+async def test_attach_with_a_password(net: Any, tmp_path: Path) -> None:
+    """A tor that takes a control password only: the right one attaches, a wrong one is a
+    clear local error."""
+    hashed = subprocess.run(
+        ["tor", "--hash-password", PASSWORD], capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    torrc = {**_private_torrc(net), "CookieAuthentication": "0", "HashedControlPassword": hashed}
+    launcher = TorLauncher(state_dir=tmp_path / "state", torrc=torrc, password=PASSWORD)
+    async with launcher as owner:
+        assert owner.control is not None
+        with pytest.raises(TorControlError, match="authentication"):
+            async with TorLauncher(control=owner.control, password="wrong-" + PASSWORD):
+                pass  # pragma: no cover
+        async with TorLauncher(control=owner.control, password=PASSWORD) as attached:
+            assert not attached.launched
+            assert attached.socks == owner.socks
+
+
+async def test_launched_tor_keeps_no_key_on_disk_and_stops(net: Any, tmp_path: Path) -> None:
+    """Our own tor, in the private network: 0700 data dir, key never written, process gone."""
+    torrc = _private_torrc(net)
     identity = _identity(4)
     state = tmp_path / "state"
     launcher = TorLauncher(state_dir=state, torrc=torrc)
