@@ -19,6 +19,7 @@ from p2pd.cli import (
     DEFAULT_TIMEOUT,
     EXIT_OK,
     _add_passphrase_args,
+    _daemon,
     _make_node,
     _node_options,
     _parse_target,
@@ -75,32 +76,57 @@ def _run(args: argparse.Namespace, make_body: Any, *, auto_fetch: bool) -> int:
     return int(trio.run(run_space, node, setup, make_body(output)))
 
 
+def _output(args: argparse.Namespace) -> Any:
+    from p2pd.commands import Output  # noqa: PLC0415
+
+    return Output(args.json)
+
+
 def cmd_join(args: argparse.Namespace) -> int:
+    from p2pd.space import viadaemon  # noqa: PLC0415
     from p2pd.space.commands import join_body  # noqa: PLC0415
 
+    client = _daemon(args)
+    if client is not None:
+        phrase = _passphrase(args)
+        return viadaemon.run_join(client, phrase, _output(args), args.timeout, args.count)
     return _run(
         args, lambda out: join_body(out, args.timeout, args.count), auto_fetch=not args.no_fetch
     )
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from p2pd.space import viadaemon  # noqa: PLC0415
     from p2pd.space.commands import send_body  # noqa: PLC0415
 
+    client = _daemon(args)
+    if client is not None:
+        return viadaemon.run_send(client, _passphrase(args), args.text, _output(args))
     return _run(args, lambda out: send_body(out, args.text, args.timeout), auto_fetch=False)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    from p2pd.space import viadaemon  # noqa: PLC0415
     from p2pd.space.commands import publish_body  # noqa: PLC0415
 
     path = Path(args.file).expanduser()
     if not path.is_file():
         raise LocalError(f"{path} is not a readable file")
+    client = _daemon(args)
+    if client is not None:
+        phrase = _passphrase(args)
+        return viadaemon.run_publish(client, phrase, path, args.timeout, _output(args))
     return _run(args, lambda out: publish_body(out, path, args.timeout), auto_fetch=False)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    from p2pd.space import viadaemon  # noqa: PLC0415
     from p2pd.space.commands import get_body  # noqa: PLC0415
 
+    client = _daemon(args)
+    if client is not None:
+        phrase = _passphrase(args)
+        return viadaemon.run_get(client, phrase, args.file_id, args.timeout, _output(args))
     return _run(args, lambda out: get_body(out, args.file_id, args.timeout), auto_fetch=False)
 
 
