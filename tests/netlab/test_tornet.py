@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
@@ -26,7 +27,7 @@ from stem.control import Controller
 
 from .lab import Lab
 from .nodes import Host
-from .tornet import TorClient, TorNet, tor_missing_reason
+from .tornet import TorClient, TorNet, TorNetError, tor_missing_reason
 
 #: "Well under a minute" (issue 6), with room for a slow CI machine; measured 10-26 s here.
 BOOTSTRAP_LIMIT = 45.0
@@ -194,8 +195,22 @@ def test_onion_service_with_given_key_is_at_the_address_of_its_public_key(
         )
 
 
-def test_onion_address_matches_the_spec_example() -> None:
-    """rend-spec-v3's worked example (the Tor Project's own onion service) as a fixed point."""
+def running(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def test_a_failed_start_stops_every_tor_and_removes_its_files() -> None:
+    require_tor()
+    net = TorNet(clients=["a"], bootstrap_timeout=0.0)
+    with pytest.raises(TorNetError, match="not bootstrapped"), net:
+        pytest.fail("a network that cannot bootstrap in 0 s must not start")
+    assert len(net.pids) == 6  # three authorities, two relays, one client
+    assert not any(running(pid) for pid in net.pids.values())
+    assert not net.directory.exists()
+
+
+def test_onion_address_of_a_published_service_round_trips() -> None:
+    """The Tor Project's own v3 address: its key re-encodes to it, checksum and all."""
     onion = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid"
     public_key = base64.b32decode(onion.upper())[:32]
     assert onion_address(public_key) == onion
@@ -246,5 +261,6 @@ def test_nothing_but_the_network_is_dialed(lab: Lab) -> None:
         assert client.cookie_path.exists()
         assert net.bootstrap_seconds is not None
         print(f"namespaced network bootstrapped in {net.bootstrap_seconds:.1f} s")
+    assert not any(running(pid) for pid in net.pids.values())
     assert outbound_counts(lab, relays) == ["1", "0"]  # the IPv4 canary, nothing from tor
     assert outbound_counts(lab, node) == ["1", "0"]

@@ -28,6 +28,7 @@ client logged ``Bootstrapped 100%``.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import random
 import re
@@ -62,18 +63,30 @@ CIRCUIT_BUILD_TIMEOUT = 3
 PORT_FLOOR = 20000
 #: Lifetime of authority certificates, in months (tor-gencert's -m).
 CERT_MONTHS = 12
-#: Authority voting schedule, in seconds: the first consensus is out about 10 s after start.
-AUTHORITY_SCHEDULE = {
-    "TestingV3AuthInitialVotingInterval": "5",
-    "TestingV3AuthInitialVoteDelay": "2",
-    "TestingV3AuthInitialDistDelay": "2",
-    "V3AuthVotingInterval": "10",
-    "V3AuthVoteDelay": "2",
-    "V3AuthDistDelay": "2",
-}
+#: Authority voting schedule, in seconds: the first consensus is out 5-10 s after start
+#: (tor requires vote delay + distribution delay < half the interval).
+AUTHORITY_SCHEDULE = (
+    "TestingV3AuthInitialVotingInterval 5", "TestingV3AuthInitialVoteDelay 2",
+    "TestingV3AuthInitialDistDelay 2", "V3AuthVotingInterval 10", "V3AuthVoteDelay 2",
+    "V3AuthDistDelay 2",
+)  # fmt: skip
+#: Options of every tor of the network (LAB-NOTES), plus: no fallback directories and no
+#: IPv6 (only the DirAuthority lines are ever dialed), and caches and clients fetch each new
+#: consensus as soon as it is out (the first one often lists only the authorities).
+COMMON_OPTIONS = (
+    "TestingTorNetwork 1", "UseDefaultFallbackDirs 0", "ClientUseIPv6 0",
+    "ClientPreferIPv6ORPort 0", "AddressDisableIPv6 1", "ShutdownWaitLength 0",
+    "PathsNeededToBuildCircuits 0.67", "TestingDirAuthVoteExit *", "TestingDirAuthVoteHSDir *",
+    "TestingDirAuthVoteGuard *", "TestingMinExitFlagThreshold 0", "V3AuthNIntervalsValid 2",
+    "AssumeReachable 1", "FetchDirInfoEarly 1", "FetchDirInfoExtraEarly 1",
+)  # fmt: skip
+#: Placeholders for key generation, which wants an address and ORPort it does not keep.
+KEYGEN_DIR_ADDRESS, KEYGEN_OR_PORT = "127.0.0.1:1", "1"
 BOOTSTRAPPED = "Bootstrapped 100%"
 _LISTENER = re.compile(r"Opened (Socks|Control) listener connection \(ready\) on [^:]+:(\d+)")
 _FINGERPRINT = re.compile(r"^fingerprint ([0-9A-F]{40})$", re.MULTILINE)
+
+_key_lock = threading.Lock()
 
 
 class TorNetError(Exception):
@@ -101,6 +114,40 @@ def _run_all(commands: Sequence[tuple[list[str], Path]]) -> None:
             failure = failure or f"{argv[0]} failed: {out.decode(errors='replace')[-500:]}"
     if failure is not None:
         raise TorNetError(failure)
+
+
+@functools.cache
+def _key_cache() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="p2pd-tornet-keys-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _authority_keys(count: int) -> list[Path]:
+    """Directories holding ``keys/`` and ``fingerprint`` of authorities 0..count-1.
+
+    Made once per process and reused by every network: an RSA-3072 identity per authority
+    costs about 0.5 s of CPU (2-4 s for three at once on a loaded 2-CPU machine), copying
+    them a few milliseconds. A certificate's ``dir-address`` is informational (tor dials
+    the ``DirAuthority`` lines), so keys made for one network's ports serve any other.
+    """
+    with _key_lock:
+        dirs = [_key_cache() / f"auth{i}" for i in range(count)]
+        missing = [d for d in dirs if not (d / "fingerprint").exists()]
+        for d in missing:
+            (d / "keys").mkdir(parents=True, mode=0o700)
+            d.chmod(0o700)
+        gencert = (
+            f"tor-gencert --create-identity-key -m {CERT_MONTHS} -a {KEYGEN_DIR_ADDRESS} -i "
+            "authority_identity_key -s authority_signing_key -c authority_certificate "
+            "--passphrase-fd 0"
+        ).split()
+        _run_all(
+            [(gencert, d / "keys") for d in missing]
+            + [(["tor", "--list-fingerprint", "--DataDirectory", str(d), "--ORPort",
+                 KEYGEN_OR_PORT, "--Address", "127.0.0.1"], d) for d in missing]
+        )  # fmt: skip
+        return dirs
 
 
 def tor_missing_reason() -> str | None:
@@ -269,28 +316,16 @@ class TorNet:
             time.sleep(POLL_INTERVAL)
 
     def _make_authorities(self, names: Sequence[str]) -> list[_Authority]:
-        ports = {name: (self._free_port(), self._free_port()) for name in names}
-        for name in names:
-            (self.directory / name / "keys").mkdir(parents=True, mode=0o700)
-            (self.directory / name).chmod(0o700)
-        gencert = ["tor-gencert", "--create-identity-key", "-m", str(CERT_MONTHS), "-i",
-                   "authority_identity_key", "-s", "authority_signing_key", "-c",
-                   "authority_certificate", "--passphrase-fd", "0"]  # fmt: skip
-        _run_all(
-            [([*gencert, "-a", f"{self.address}:{ports[n][1]}"], self.directory / n / "keys")
-             for n in names]
-            + [(["tor", "--list-fingerprint", "--DataDirectory", str(self.directory / n),
-                 "--ORPort", str(ports[n][0]), "--Address", self.address], self.directory)
-               for n in names]
-        )  # fmt: skip
         result = []
-        for name in names:
-            cert = (self.directory / name / "keys" / "authority_certificate").read_text()
-            v3 = _FINGERPRINT.search(cert)
-            relay_fp = (self.directory / name / "fingerprint").read_text().split()
+        for name, keys in zip(names, _authority_keys(len(names)), strict=True):
+            (self.directory / name).mkdir(mode=0o700)
+            shutil.copytree(keys / "keys", self.directory / name / "keys")
+            v3 = _FINGERPRINT.search((keys / "keys" / "authority_certificate").read_text())
+            relay_fp = (keys / "fingerprint").read_text().split()
             if v3 is None or len(relay_fp) != 2:
                 raise TorNetError(f"{name}: no identity fingerprint after key generation")
-            result.append(_Authority(name, *ports[name], v3.group(1), relay_fp[1]))
+            ports = self._free_port(), self._free_port()
+            result.append(_Authority(name, *ports, v3.group(1), relay_fp[1]))
         return result
 
     # --- torrc ---------------------------------------------------------------------------
@@ -298,21 +333,7 @@ class TorNet:
     def common_lines(self) -> list[str]:
         """Options every tor of the network needs, p2pd's own tor included: the authorities."""
         return [
-            "TestingTorNetwork 1",
-            "UseDefaultFallbackDirs 0",
-            "ClientUseIPv6 0",
-            "ClientPreferIPv6ORPort 0",
-            "AddressDisableIPv6 1",
-            "ShutdownWaitLength 0",
-            "PathsNeededToBuildCircuits 0.67",
-            "TestingDirAuthVoteExit *",
-            "TestingDirAuthVoteHSDir *",
-            "TestingDirAuthVoteGuard *",
-            "TestingMinExitFlagThreshold 0",
-            "V3AuthNIntervalsValid 2",
-            "AssumeReachable 1",
-            "FetchDirInfoEarly 1",
-            "FetchDirInfoExtraEarly 1",
+            *COMMON_OPTIONS,
             *(
                 f"DirAuthority {a.name} orport={a.or_port} no-v2 v3ident={a.v3ident} "
                 f"{self.address}:{a.dir_port} {a.fingerprint}"
@@ -330,28 +351,17 @@ class TorNet:
         resolv = self.directory / "resolv.conf"
         if not resolv.exists():
             resolv.write_text(f"nameserver {self.address}\n")
-        return [
-            *self.common_lines(),
-            f"Address {self.address}",
-            f"OutboundBindAddress {self.address}",
-            f"ORPort {self.address}:{or_port}",
-            f"DirPort {self.address}:{dir_port}",
-            "SocksPort 0",
-            "ExitRelay 1",
-            f"ExitPolicy accept {self.address}/32:*",
-            "ExitPolicy reject *:*",
-            "ServerDNSDetectHijacking 0",
-            f"ServerDNSResolvConfFile {resolv}",
-            "ContactInfo p2pd-lab",
-        ]
+        a = self.address
+        return [*self.common_lines(), f"Address {a}", f"OutboundBindAddress {a}",
+                f"ORPort {a}:{or_port}", f"DirPort {a}:{dir_port}", "SocksPort 0",
+                "ExitRelay 1", f"ExitPolicy accept {a}/32:*", "ExitPolicy reject *:*",
+                "ServerDNSDetectHijacking 0", f"ServerDNSResolvConfFile {resolv}",
+                "ContactInfo p2pd-lab"]  # fmt: skip
 
     def _authority_lines(self, authority: _Authority) -> list[str]:
-        return [
-            *self._relay_lines(authority.or_port, authority.dir_port),
-            "AuthoritativeDirectory 1",
-            "V3AuthoritativeDirectory 1",
-            *(f"{key} {value}" for key, value in AUTHORITY_SCHEDULE.items()),
-        ]
+        return [*self._relay_lines(authority.or_port, authority.dir_port),
+                "AuthoritativeDirectory 1", "V3AuthoritativeDirectory 1",
+                *AUTHORITY_SCHEDULE]  # fmt: skip
 
     # --- processes -----------------------------------------------------------------------
 
