@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,17 @@ from p2pd import messages
 from p2pd.errors import BadFrame, LocalError
 from p2pd.identity import fingerprint
 from p2pd.node import Delivered, MessageIn, Node, PeerDown, PeerUp
+from p2pd.space.types import (
+    FileAnnounced,
+    FileDone,
+    FileProgressed,
+    ItemDelivered,
+    MessagePosted,
+    PeerHasFile,
+    PeerJoined,
+    PeerLeft,
+    SpaceEvent,
+)
 
 #: Node message type that carries EtherSync frames.
 ES_TYPE = "es"
@@ -62,88 +72,18 @@ SPACE_ANTI_ENTROPY = 3.0
 #: Milliseconds per second, for envelope timestamps.
 MS = 1000
 
-
-@dataclass(frozen=True, slots=True)
-class PeerJoined:
-    fingerprint: str
-    path: str
-    addr: str
-
-
-@dataclass(frozen=True, slots=True)
-class PeerLeft:
-    fingerprint: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class MessagePosted:
-    """A text envelope, new to this node (``local``: published here)."""
-
-    envelope_id: bytes
-    author: str
-    seq: int
-    ts: int
-    text: str
-    local: bool
-
-
-@dataclass(frozen=True, slots=True)
-class FileAnnounced:
-    file_id: bytes
-    author: str
-    seq: int
-    ts: int
-    name: str
-    size: int
-    local: bool
-
-
-@dataclass(frozen=True, slots=True)
-class FileProgressed:
-    file_id: bytes
-    name: str
-    verified_bytes: int
-    total_bytes: int
-    rate: float
-
-
-@dataclass(frozen=True, slots=True)
-class FileDone:
-    """Every chunk is verified; ``path`` is where it was written (None: not written)."""
-
-    file_id: bytes
-    name: str
-    path: Path | None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PeerHasFile:
-    """``peer`` announced every chunk of ``file_id``."""
-
-    peer: str
-    file_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ItemDelivered:
-    """A push carrying our envelope ``envelope_id`` was acknowledged by ``peer``."""
-
-    peer: str
-    envelope_id: bytes
-
-
-SpaceEvent = (
-    PeerJoined
-    | PeerLeft
-    | MessagePosted
-    | FileAnnounced
-    | FileProgressed
-    | FileDone
-    | PeerHasFile
-    | ItemDelivered
-)
+__all__ = [
+    "FileAnnounced",
+    "FileDone",
+    "FileProgressed",
+    "ItemDelivered",
+    "MessagePosted",
+    "PeerHasFile",
+    "PeerJoined",
+    "PeerLeft",
+    "Space",
+    "SpaceEvent",
+]
 
 
 class _OwnItems(EnvelopeStore):
