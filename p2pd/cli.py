@@ -511,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.set_defaults(handler=cmd_daemon)
 
     _add_wan_commands(sub, common)
+    from p2pd.cli_space import add_space_commands  # noqa: PLC0415
+
+    add_space_commands(sub, common)
 
     phrase = sub.add_parser("phrase", parents=[common], help="generate a strong passphrase")
     phrase.add_argument("--words", type=int, default=DEFAULT_PHRASE_WORDS, metavar="N")

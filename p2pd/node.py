@@ -34,6 +34,7 @@ from p2pd.endpoint import (
     PeerAddressChanged,
     PeerConnected,
     PeerLost,
+    Rekeyed,
 )
 from p2pd.errors import BadFrame, LocalError
 from p2pd.identity import Identity, fingerprint
@@ -365,6 +366,16 @@ class Node(WanPaths):
                 channel = Channel(now=now, max_plaintext=MAX_PLAINTEXT)
                 self.peers[event.peer_id] = PeerState(event.fingerprint, event.addr, path, channel)
                 self._emit(PeerUp(event.peer_id, event.fingerprint, event.addr, path, elapsed))
+                self._send_cands(event.peer_id, channel, now)
+        elif isinstance(event, Rekeyed):
+            peer = self.peers.get(event.peer_id)
+            if peer is not None and peer.closed:
+                # The peer closed its channel and is back (a new process, same key): the
+                # endpoint sees a rekey, the application a new peer on a new channel.
+                channel = Channel(now=now, max_plaintext=MAX_PLAINTEXT)
+                path = self._label(peer.addr)
+                self.peers[event.peer_id] = PeerState(peer.fingerprint, peer.addr, path, channel)
+                self._emit(PeerUp(event.peer_id, peer.fingerprint, peer.addr, path, 0.0))
                 self._send_cands(event.peer_id, channel, now)
         elif isinstance(event, PeerAddressChanged):
             peer = self.peers.get(event.peer_id)

@@ -38,10 +38,12 @@ from p2pd.errors import LocalError
 from p2pd.identity import Identity, load_or_create
 from p2pd.passphrase import read_passphrase
 from p2pd.paths import ensure_state_dir, resolve_state_dir
+from p2pd.space.commands import default_download_dir
 
 from . import logs
 from .api import Api, DaemonInfo, build_app
 from .config import DaemonConfig, load
+from .ethersync_api import Spaces, ethersync_routes
 from .lock import DaemonLock
 from .server import run_server
 from .service import Service, ServiceError
@@ -102,6 +104,7 @@ async def _serve(
         root.start_soon(_watch_signals, outcome)
         async with trio.open_nursery() as sessions:
             service = Service(identity, config.node, sessions)
+            spaces = Spaces(service, sessions, lock.state_dir, download_dir=default_download_dir())
             try:
                 for params in configured:
                     await service.join_params(params)
@@ -110,7 +113,7 @@ async def _serve(
                 outcome.stop.set()
             api = Api(service, info, outcome.stop.set)
             extra = frozenset({config.api.host.lower()}) if config.allow_remote else frozenset()
-            app = build_app(api, token, extra)
+            app = build_app(api, token, extra, ethersync_routes(spaces, api.subscribers))
             if outcome.failure is None:
                 try:
                     info.api = await root.start(server)
@@ -131,6 +134,7 @@ async def _serve(
             await outcome.stop.wait()
             logs.event(logging.INFO, "daemon_stopping")
             await service.close()
+            await spaces.close()
             sessions.cancel_scope.cancel()
         with trio.move_on_after(SERVER_STOP_GRACE):
             await server_done.wait()

@@ -29,7 +29,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -410,7 +410,12 @@ def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
     return endpoint
 
 
-def build_app(api: Api, token: str, extra_hosts: frozenset[str] = frozenset()) -> Guard:
+def build_app(
+    api: Api,
+    token: str,
+    extra_hosts: frozenset[str] = frozenset(),
+    extra_routes: Sequence[Route] = (),
+) -> Guard:
     """The whole ASGI application: :class:`Guard` around the routes."""
     table: dict[str, dict[str, Endpoint]] = {
         "/v1/openapi.json": {"GET": api.openapi},
@@ -425,6 +430,7 @@ def build_app(api: Api, token: str, extra_hosts: frozenset[str] = frozenset()) -
         "/v1/sessions/{id}/offer": {"POST": api.offer},
     }
     routes = [Route(path, _by_method(h), methods=list(h)) for path, h in table.items()]
+    routes += extra_routes
     app = Starlette(
         routes=routes,
         exception_handlers={

@@ -17,7 +17,7 @@ from ethersync.chunks import sanitize_filename
 from tests.integration.conftest import LOOPBACK_ONLY, fresh_passphrase, read_line
 
 #: How the space commands are started (``-m p2pd`` once the main parser registers them).
-ENTRY = ("-m", "p2pd.space.cli_main")
+ENTRY = ("-m", "p2pd")
 #: Seconds any one awaited event may take (discovery, anti-entropy, a few MiB).
 EVENT_WAIT = 30.0
 #: Bytes of the published file: several 256 KiB chunks, not a multiple of the chunk size.
