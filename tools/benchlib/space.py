@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from benchlib.goodput import DATAGRAM, RAW_IDLE, _raw_socket
 
@@ -44,6 +44,8 @@ ROUNDS = 3
 LINE_TIMEOUT = 120.0
 #: Longest wait for a raw copy's first datagram.
 RAW_START_TIMEOUT = 30.0
+#: Bytes read from a child's stdout at once.
+READ_BLOCK = 65536
 #: Words of the fresh passphrase of each run.
 PHRASE_WORDS = 6
 #: Bytes written at once when making the file.
@@ -198,7 +200,7 @@ def bench_space(args: Any, report: Callable[..., None]) -> None:
 
 def _start(
     root: Path, name: str, env: dict[str, str], action: str, *args: str
-) -> subprocess.Popen[str]:
+) -> subprocess.Popen[bytes]:
     base = root / name
     return subprocess.Popen(
         [
@@ -220,7 +222,6 @@ def _start(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        text=True,
         env=env,
         cwd=REPO,
     )
@@ -233,28 +234,34 @@ def _space_module() -> str:
 
 
 def _until(
-    procs: dict[str, subprocess.Popen[str]],
+    procs: dict[str, subprocess.Popen[bytes]],
     done: Callable[[str, dict[str, Any]], bool],
     timeout: float,
 ) -> None:
-    """Read every child's JSON lines until ``done(name, event)`` has been true for each."""
+    """Read every child's JSON lines until ``done(name, event)`` has been true for each.
+
+    Reads the pipes' file descriptors directly: a buffered ``readline`` after ``select``
+    can leave whole lines in Python's buffer, where ``select`` no longer sees them.
+    """
     waiting = set(procs)
     deadline = time.monotonic() + timeout
-    streams: dict[IO[str], str] = {}
+    fds: dict[int, str] = {}
     for name, proc in procs.items():
         assert proc.stdout is not None
-        streams[proc.stdout] = name
+        fds[proc.stdout.fileno()] = name
+    pending = {name: b"" for name in procs}
     while waiting:
         left = deadline - time.monotonic()
         if left <= 0:
             raise RuntimeError(f"space fan-out: {sorted(waiting)} not done within {timeout} s")
-        ready, _, _ = select.select([s for s, n in streams.items() if n in waiting], [], [], left)
-        for stream in ready:
-            name = streams[stream]
-            line = stream.readline()
-            if not line:
+        ready, _, _ = select.select([fd for fd, n in fds.items() if n in waiting], [], [], left)
+        for fd in ready:
+            name = fds[fd]
+            data = os.read(fd, READ_BLOCK)
+            if not data:
                 raise RuntimeError(f"space fan-out: {name} exited (rc {procs[name].wait(5)})")
-            if done(name, json.loads(line)):
+            *lines, pending[name] = (pending[name] + data).split(b"\n")
+            if any(done(name, json.loads(line)) for line in lines if line.strip()):
                 waiting.discard(name)
 
 
@@ -273,8 +280,8 @@ def space_fanout(root: Path, peers: int) -> tuple[float, float]:
         for _ in range(SIZE // WRITE_BLOCK):
             handle.write(os.urandom(WRITE_BLOCK))
     ports = [_free_udp_port() for _ in range(peers + 1)]
-    fetchers: dict[str, subprocess.Popen[str]] = {}
-    publisher: subprocess.Popen[str] | None = None
+    fetchers: dict[str, subprocess.Popen[bytes]] = {}
+    publisher: subprocess.Popen[bytes] | None = None
     try:
         for i in range(1, peers + 1):
             targets = [a for p in ports[:i] for a in ("--target", f"127.0.0.1:{p}")]
