@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, settings
 
 from p2pd.daemon.openapi import document
 from tests.integration.daemon_fixture import Daemon, Daemons
-
-schemathesis = pytest.importorskip("schemathesis")
 
 pytestmark = pytest.mark.slow
 

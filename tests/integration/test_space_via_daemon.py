@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import p2pd.daemon
 from tests.integration.conftest import LOOPBACK_ONLY, fresh_passphrase
 from tests.integration.daemon_fixture import Daemons, daemons_fixture  # noqa: F401
 from tests.integration.test_space_loopback import ENTRY
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(p2pd.daemon, "ethersync_routes"),
-    reason="the daemon does not mount the /v1/ethersync routes yet",
-)
 #: Seconds a command may take (discovery, anti-entropy, a MiB).
 WAIT = 60.0
 
