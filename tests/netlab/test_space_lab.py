@@ -105,7 +105,7 @@ def test_two_hundred_mib_reach_four_peers_across_two_segments(
     peers, phrase, port = setup(lab, tmp_path)
     publisher, *others = peers
     # Every peer knows the other segment's peers: the publisher leaves once one peer holds
-    # the file, and nothing else would tell peer2 and peer3 of segment B (no peer exchange).
+    # the file, and nothing else would tell peer2 and peer3 about segment B (no peer exchange).
     segment_a, segment_b = peers[:3], peers[3:]
     for near, far in ((segment_a, segment_b), (segment_b, segment_a)):
         for peer in near:
