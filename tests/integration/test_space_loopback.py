@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ethersync.chunks import sanitize_filename
-from tests.integration.conftest import LOOPBACK_ONLY, fresh_passphrase, read_line
+from tests.integration.conftest import LOOPBACK_ONLY, Procs, fresh_passphrase, read_line
 
 #: How the space commands are started (``-m p2pd`` once the main parser registers them).
 ENTRY = ("-m", "p2pd")
@@ -28,12 +28,9 @@ FILE_NAME = 're:port?"v1".bin'
 Proc = subprocess.Popen[str]
 
 
-class Space:
-    """Starts ``space`` processes, each with its own state, data and download dirs."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[Proc] = []
+class Space(Procs):
+    """Starts ``space`` processes, each with its own state, data and download dirs
+    (``close`` kills what is left, as for Procs)."""
 
     def dirs(self, name: str) -> list[str]:
         base = self.tmp / name
@@ -46,7 +43,7 @@ class Space:
             str(base / "dl"),
         ]
 
-    def start(self, name: str, passphrase: str, *args: str, node: bool = True) -> Proc:
+    def spawn(self, name: str, passphrase: str, *args: str, node: bool = True) -> Proc:
         env = dict(os.environ, P2PD_PASSPHRASE=passphrase)
         extra = [*LOOPBACK_ONLY, "--no-daemon"] if node else []
         dirs = self.dirs(name)[: 2 if args[0] == "peers" else None]
@@ -60,12 +57,6 @@ class Space:
         )
         self.procs.append(proc)
         return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
 
 
 @pytest.fixture
@@ -104,14 +95,14 @@ def test_messages_and_files_spread_and_reach_a_late_joiner(space: Space, tmp_pat
     source = tmp_path / FILE_NAME
     source.write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
-    a = space.start("a", phrase, "join")
-    b = space.start("b", phrase, "join")
+    a = space.spawn("a", phrase, "join")
+    b = space.spawn("b", phrase, "join")
     for proc in (a, b):
         wait_for(proc, is_event("listening"))
-    publisher = space.start("pub", phrase, "publish", str(source), "--timeout", "60")
+    publisher = space.spawn("pub", phrase, "publish", str(source), "--timeout", "60")
     published = wait_for(publisher, is_event("published"))
     assert publisher.wait(timeout=EVENT_WAIT * 2) == 0
-    sender = space.start("snd", phrase, "send", "hello space", "--timeout", "60")
+    sender = space.spawn("snd", phrase, "send", "hello space", "--timeout", "60")
     assert sender.wait(timeout=EVENT_WAIT * 2) == 0
     authors = set()
     for proc in (a, b):
@@ -123,13 +114,13 @@ def test_messages_and_files_spread_and_reach_a_late_joiner(space: Space, tmp_pat
         assert seen["message"]["text"] == "hello space" and not seen["message"]["local"]
         authors.add(seen["message"]["author"])
     # The publisher and the sender are gone: a late joiner gets both from a and b.
-    late = space.start("late", phrase, "join")
+    late = space.spawn("late", phrase, "join")
     other = fresh_passphrase()
-    stranger = space.start("stranger", other, "join", "--timeout", "10")
+    stranger = space.spawn("stranger", other, "join", "--timeout", "10")
     seen = collect(late, {"saved", "message"})
     assert hashlib.sha256(Path(seen["saved"]["path"]).read_bytes()).hexdigest() == digest
     assert seen["message"]["text"] == "hello space"
-    listing = space.start("late", phrase, "ls", node=False)
+    listing = space.spawn("late", phrase, "ls", node=False)
     out, _ = listing.communicate(timeout=EVENT_WAIT)
     rows = [json.loads(line) for line in out.splitlines()]
     assert {row["kind"] for row in rows} == {"msg", "file"}
@@ -142,7 +133,7 @@ def test_messages_and_files_spread_and_reach_a_late_joiner(space: Space, tmp_pat
     assert {e["event"] for e in events} == {"listening"}
     assert not (tmp_path / "stranger" / "dl").exists()
     for key in (phrase, other):
-        listing = space.start("stranger", key, "ls", node=False)
+        listing = space.spawn("stranger", key, "ls", node=False)
         out, _ = listing.communicate(timeout=EVENT_WAIT)
         assert listing.returncode == 0 and out == ""
 
@@ -153,15 +144,15 @@ def test_publish_ends_when_a_fetcher_that_leaves_at_once_has_the_file(
     phrase = fresh_passphrase()
     source = tmp_path / "small.bin"
     source.write_bytes(os.urandom(FILE_SIZE // 3))
-    fetcher = space.start("f", phrase, "join", "--count", "1", "--timeout", "60")
+    fetcher = space.spawn("f", phrase, "join", "--count", "1", "--timeout", "60")
     wait_for(fetcher, is_event("listening"))
-    publisher = space.start("p", phrase, "publish", str(source), "--timeout", "60")
+    publisher = space.spawn("p", phrase, "publish", str(source), "--timeout", "60")
     assert publisher.wait(timeout=EVENT_WAIT * 2) == 0
     assert fetcher.wait(timeout=EVENT_WAIT) == 0
 
 
 def test_send_without_a_peer_exits_3(space: Space) -> None:
-    proc = space.start("alone", fresh_passphrase(), "send", "nobody", "--timeout", "1")
+    proc = space.spawn("alone", fresh_passphrase(), "send", "nobody", "--timeout", "1")
     out, err = proc.communicate(timeout=EVENT_WAIT)
     assert proc.returncode == 3
     assert "no peer took the message" in err
@@ -170,8 +161,8 @@ def test_send_without_a_peer_exits_3(space: Space) -> None:
 
 def test_bootstrap_peers_are_kept(space: Space) -> None:
     for action in (("add", "192.0.2.7:4000"), ("add", "192.0.2.8:4000"), ("rm", "192.0.2.7:4000")):
-        proc = space.start("p", "unused", "peers", *action, node=False)
+        proc = space.spawn("p", "unused", "peers", *action, node=False)
         assert proc.wait(timeout=EVENT_WAIT) == 0
-    proc = space.start("p", "unused", "peers", "ls", node=False)
+    proc = space.spawn("p", "unused", "peers", "ls", node=False)
     out, _ = proc.communicate(timeout=EVENT_WAIT)
     assert [json.loads(line)["addr"] for line in out.splitlines()] == ["192.0.2.8:4000"]
