@@ -65,6 +65,9 @@ from transports.racer import RaceCore
 #: Payload bytes of a DATA packet handed to the reliable channel: 1280 (IPv6 minimum MTU)
 #: - 40 (IPv6) - 8 (UDP) - 16 (DATA header) - 16 (AEAD tag).
 MAX_PLAINTEXT = 1200
+#: Paths of candidates still tried after the race is won: they name a host, which may be
+#: another peer; relayed and punched candidates name a path to a peer already in play.
+EXPLICIT_PATHS = frozenset({"lan", "direct", "mapped"})
 #: Seconds a relayed candidate waits before it joins the race: hole punching validates in a
 #: round trip or two once both peers know each other, and a direct path is worth that wait.
 RELAYED_HOLDOFF = 2.0
@@ -358,7 +361,12 @@ class Node(WanPaths):
                 self._endpoint.close_peer(event.peer_id)  # not the node that made the offer
                 self.counters["unexpected_peer"] += 1
                 return
+            first = not self._race.over
             result = self._race.won(event.addr, now)
+            if first:
+                # The race timed the first session; other explicit or LAN addresses that
+                # were still queued may be other peers (a space, several --target): try them.
+                self._late += [c.addr for c in self._race.unraced if c.path in EXPLICIT_PATHS]
             path = self._label(event.addr)
             elapsed = result.elapsed if result is not None else now - self._race_started
             peer = self.peers.get(event.peer_id)

@@ -14,8 +14,9 @@ spray handshakes at every stale address.  So, in the spirit of Happy Eyeballs (R
   next one stagger after the previous start, unless an attempt failed first (then the next
   one starts at once, as RFC 8305 section 5).  Started attempts are never stopped by the
   racer; the node's handshake retries and times them out.
-- The first ``won(addr, now)`` ends the race: the queue is dropped, nothing more starts,
-  and the result says which path won and how long after the start of the race.  A later
+- The first ``won(addr, now)`` ends the race: the queue is dropped (kept in ``unraced`` for
+  a caller that knows other peers may wait there), nothing more starts, and the result says
+  which path won and how long after the start of the race.  A later
   ``won`` for another raced address (a second peer, an inbound session) still reports its
   path and time.  :meth:`RaceCore.restart` begins a new race, e.g. after the peer is lost.
 
@@ -82,6 +83,8 @@ class RaceCore:
         self._in_flight: set[Addr] = set()
         self._next_start = -math.inf
         self._ready: list[Attempt] = []
+        #: Candidates still queued when the race was won (other peers may be there).
+        self.unraced: list[Candidate] = []
 
     def __repr__(self) -> str:
         return (
@@ -160,6 +163,7 @@ class RaceCore:
         result = RaceResult(candidate.path, addr, now - self.started_at)
         if self.winner is None:
             self.winner = result
+            self.unraced = sorted(self._queued.values(), key=lambda c: c.rank)
             self._queue.clear()
             self._queued.clear()
             self._ready.clear()

@@ -300,3 +300,16 @@ async def test_racer_treats_oserror_as_a_failed_attempt(
     racer.emit(cand(B, "tor"))
     result = await racer.run()
     assert result == RaceResult("tor", B, pytest.approx(0.0))  # no stagger after a failure
+
+
+def test_candidates_still_queued_when_the_race_is_won_are_kept_in_unraced() -> None:
+    core = RaceCore(0.0)
+    first = Candidate(("192.0.2.1", 1), "lan", 0.0)
+    second = Candidate(("192.0.2.2", 1), "direct", 0.0)
+    third = Candidate(("192.0.2.3", 1), "lan", 0.0)
+    for candidate in (first, second, third):
+        core.add(candidate, 0.0)
+    assert core.due(0.0) == [first.addr]
+    core.won(first.addr, 0.1)
+    assert core.unraced == [third, second]  # best path first
+    assert core.due(1.0) == []
