@@ -20,6 +20,7 @@ the command being done) closes the socket and unregisters mDNS.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import Counter
 
@@ -65,6 +66,14 @@ from transports.racer import RaceCore
 #: Payload bytes of a DATA packet handed to the reliable channel: 1280 (IPv6 minimum MTU)
 #: - 40 (IPv6) - 8 (UDP) - 16 (DATA header) - 16 (AEAD tag).
 MAX_PLAINTEXT = 1200
+#: Node-level control datagrams ride the session like channel datagrams but start with this
+#: prefix: a channel packet begins with its u64 packet number, and all-ones is one no
+#: channel reaches.  ``I`` + 8 bytes announces the sender's incarnation.
+CONTROL_PREFIX = b"\xff" * 8 + b"I"
+INCARNATION_SIZE = 8
+#: Copies of an incarnation announcement (it is not retransmitted: two make a loss rare,
+#: and a lost one only delays noticing a restarted peer until its old channel times out).
+ANNOUNCE_COPIES = 2
 #: Paths of candidates still tried after the race is won: they name a host, which may be
 #: another peer; relayed and punched candidates name a path to a peer already in play.
 EXPLICIT_PATHS = frozenset({"lan", "direct", "mapped"})
@@ -104,6 +113,8 @@ class Node(WanPaths):
         self.portmap: PortmapStatus | None = None
         self._send_lock = trio.Lock()
         self.port = 0
+        #: Random per process: a restarted node (same identity) is told apart by it.
+        self.incarnation = os.urandom(INCARNATION_SIZE)
 
     # -- application side -------------------------------------------------------------
 
@@ -350,41 +361,17 @@ class Node(WanPaths):
             if peer is None:
                 self.counters["drop_no_channel"] += 1
                 return
+            if event.data[: len(CONTROL_PREFIX)] == CONTROL_PREFIX:
+                self._on_incarnation(event.peer_id, peer, event.data[len(CONTROL_PREFIX) :], now)
+                return
             try:
                 peer.channel.receive_datagram_untrusted(event.data, now)
             except BadFrame as exc:
                 self.counters[f"drop_{exc.reason}"] += 1
         elif isinstance(event, PeerConnected):
-            expected = self.config.expect_peer
-            if expected is not None and event.peer_id != expected:
-                assert self._endpoint is not None
-                self._endpoint.close_peer(event.peer_id)  # not the node that made the offer
-                self.counters["unexpected_peer"] += 1
-                return
-            first = not self._race.over
-            result = self._race.won(event.addr, now)
-            if first:
-                # The race timed the first session; other explicit or LAN addresses that
-                # were still queued may be other peers (a space, several --target): try them.
-                self._late += [c.addr for c in self._race.unraced if c.path in EXPLICIT_PATHS]
-            path = self._label(event.addr)
-            elapsed = result.elapsed if result is not None else now - self._race_started
-            peer = self.peers.get(event.peer_id)
-            if peer is None or peer.closed:
-                channel = Channel(now=now, max_plaintext=MAX_PLAINTEXT)
-                self.peers[event.peer_id] = PeerState(event.fingerprint, event.addr, path, channel)
-                self._emit(PeerUp(event.peer_id, event.fingerprint, event.addr, path, elapsed))
-                self._send_cands(event.peer_id, channel, now)
+            self._on_peer_connected(event, now)
         elif isinstance(event, Rekeyed):
-            peer = self.peers.get(event.peer_id)
-            if peer is not None and peer.closed:
-                # The peer closed its channel and is back (a new process, same key): the
-                # endpoint sees a rekey, the application a new peer on a new channel.
-                channel = Channel(now=now, max_plaintext=MAX_PLAINTEXT)
-                path = self._label(peer.addr)
-                self.peers[event.peer_id] = PeerState(peer.fingerprint, peer.addr, path, channel)
-                self._emit(PeerUp(event.peer_id, peer.fingerprint, peer.addr, path, 0.0))
-                self._send_cands(event.peer_id, channel, now)
+            self._on_rekeyed(event, now)
         elif isinstance(event, PeerAddressChanged):
             peer = self.peers.get(event.peer_id)
             if peer is not None:
@@ -397,6 +384,70 @@ class Node(WanPaths):
         elif isinstance(event, ConnectFailed):
             self.counters["connect_failed"] += 1
             self._race.failed(event.addr, now)
+
+    def _on_peer_connected(self, event: PeerConnected, now: float) -> None:
+        assert self._race is not None
+        expected = self.config.expect_peer
+        if expected is not None and event.peer_id != expected:
+            assert self._endpoint is not None
+            self._endpoint.close_peer(event.peer_id)  # not the node that made the offer
+            self.counters["unexpected_peer"] += 1
+            return
+        first = not self._race.over
+        result = self._race.won(event.addr, now)
+        if first:
+            # The race timed the first session; other explicit or LAN addresses that
+            # were still queued may be other peers (a space, several --target): try them.
+            self._late += [c.addr for c in self._race.unraced if c.path in EXPLICIT_PATHS]
+        path = self._label(event.addr)
+        elapsed = result.elapsed if result is not None else now - self._race_started
+        peer = self.peers.get(event.peer_id)
+        if peer is None or peer.closed:
+            channel = Channel(now=now, max_plaintext=MAX_PLAINTEXT)
+            self.peers[event.peer_id] = PeerState(event.fingerprint, event.addr, path, channel)
+            self._emit(PeerUp(event.peer_id, event.fingerprint, event.addr, path, elapsed))
+            self._send_cands(event.peer_id, channel, now)
+        self._announce(event.peer_id, now)
+
+    def _on_rekeyed(self, event: Rekeyed, now: float) -> None:
+        self._announce(event.peer_id, now)
+        peer = self.peers.get(event.peer_id)
+        if peer is not None and peer.closed:
+            # The peer closed its channel and is back (a new process, same key): the
+            # endpoint sees a rekey, the application a new peer on a new channel.
+            channel = Channel(now=now, max_plaintext=MAX_PLAINTEXT)
+            path = self._label(peer.addr)
+            self.peers[event.peer_id] = PeerState(peer.fingerprint, peer.addr, path, channel)
+            self._emit(PeerUp(event.peer_id, peer.fingerprint, peer.addr, path, 0.0))
+            self._send_cands(event.peer_id, channel, now)
+
+    def _announce(self, peer_id: bytes, now: float) -> None:
+        """Tell the peer which process we are, so it notices when we restarted."""
+        assert self._endpoint is not None
+        for _ in range(ANNOUNCE_COPIES):
+            try:
+                self._endpoint.send(peer_id, CONTROL_PREFIX + self.incarnation, now)
+            except LocalError:
+                self.counters["announce_no_keys"] += 1
+                return
+
+    def _on_incarnation(self, peer_id: bytes, peer: PeerState, value: bytes, now: float) -> None:
+        """A new incarnation of a peer whose channel is still open: the process restarted
+        (same identity) and its fresh channel cannot continue the old one: start over."""
+        if len(value) != INCARNATION_SIZE:
+            self.counters["drop_bad_incarnation"] += 1
+            return
+        if peer.incarnation is None or peer.incarnation == value:
+            peer.incarnation = value
+            return
+        self.counters["peer_restarted"] += 1
+        if not peer.closed:
+            self._emit(PeerDown(peer_id, peer.fingerprint, "restarted"))
+        channel = Channel(now=now, max_plaintext=MAX_PLAINTEXT)
+        fresh = PeerState(peer.fingerprint, peer.addr, peer.path, channel, incarnation=value)
+        self.peers[peer_id] = fresh
+        self._emit(PeerUp(peer_id, peer.fingerprint, peer.addr, peer.path, 0.0))
+        self._send_cands(peer_id, channel, now)
 
     def _on_channel_event(self, peer_id: bytes, peer: PeerState, event: object) -> None:
         if isinstance(event, MessageReceived):

@@ -76,6 +76,8 @@ class PeerState:
     path: str
     channel: Channel
     closed: bool = False
+    #: The peer process's random id (see Node.incarnation), once it told us.
+    incarnation: bytes | None = None
 
 
 @dataclass(slots=True)

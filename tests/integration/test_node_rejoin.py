@@ -61,3 +61,40 @@ async def test_a_peer_back_on_a_closed_channel_is_a_new_peer() -> None:
         nursery.cancel_scope.cancel()
     assert texts == ["first", "second"]
     assert [up.peer_id for up in ups] == [visitor.public, visitor.public]
+
+
+async def crash_after_connect(identity: Identity, target: tuple[str, int]) -> None:
+    """Connect, then vanish without closing anything: a killed process."""
+    node = Node(PARAMS, identity, loopback([target]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        async for event in node.events:
+            if isinstance(event, PeerUp):
+                node.send_message(event.peer_id, messages.text("before the crash"))
+                await trio.sleep(0.2)  # let it out; then the process "dies"
+                break
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_peer_gets_a_fresh_channel_although_the_old_one_is_open() -> None:
+    host = Node(PARAMS, Identity.from_private(os.urandom(32)), loopback())
+    visitor = Identity.from_private(os.urandom(32))
+    texts: list[str] = []
+    downs: list[str] = []
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(host.run)
+        target = ("127.0.0.1", port)
+        with trio.fail_after(10):  # the old channel's idle timeout is far longer than this
+            await crash_after_connect(visitor, target)
+            nursery.start_soon(visit, visitor, target, "after the restart")
+            async for event in host.events:
+                if isinstance(event, PeerDown):
+                    downs.append(event.reason)
+                elif isinstance(event, MessageIn) and event.message.kind == "text":
+                    texts.append(str(event.message.fields["body"]))
+                    if len(texts) == 2:
+                        break
+        nursery.cancel_scope.cancel()
+    assert texts == ["before the crash", "after the restart"]
+    assert downs[:1] == ["restarted"]
+    assert host.stats()["peer_restarted"] == 1
