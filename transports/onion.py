@@ -29,13 +29,13 @@ they talk: both know the same key.  So each node does both jobs at once:
    The one whose descriptor won reaches itself, the other reaches it: one good stream.
 4. Self-connection is not an error but information: "my descriptor is what my tor sees".
    A node that reached itself stops connecting and waits, as the listener, for
-   :data:`SELF_WAIT` plus jitter.  If nobody came (both peers saw their own descriptor,
-   e.g. uploads in the same second split the HSDirs, or a cached descriptor), it
-   *withdraws*: removes its service and only connects for :data:`WITHDRAW_TIME` plus
-   jitter (its cached descriptor's intro points are gone, so tor refetches and finds the
-   other peer's), then publishes again.  The random jitter makes "both withdraw at once"
-   a coin flip that each new round repeats independently, so the expected number of
-   rounds is small (:func:`plan_after`).
+   :data:`SELF_WAIT` plus jitter, then connects again.  Reaching itself a second time
+   (both peers saw their own descriptor: uploads in the same second split the HSDirs, or
+   a cached descriptor), it *withdraws*: removes its service and only connects for
+   :data:`WITHDRAW_TIME` plus jitter (its cached descriptor's intro points are gone, so
+   tor refetches and finds the other peer's), then publishes again.  The random jitter
+   makes "both withdraw at once" a coin flip that each new round repeats independently,
+   so the expected number of rounds is small (:func:`plan_after`).
 5. A failed connect (no descriptor yet, intro point timeout) is retried with exponential
    backoff and jitter, capped at :data:`RETRY_MAX`; the service stays published.
 6. When both streams come up (each peer reached the other, which a split of the HSDirs
