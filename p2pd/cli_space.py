@@ -71,6 +71,7 @@ def _run(args: argparse.Namespace, make_body: Any, *, auto_fetch: bool) -> int:
         device=load_or_create_device(state_dir),
         download_dir=_download_dir(args),
         auto_fetch=auto_fetch,
+        retention=_retention(args),
     )
     output = Output(args.json)
     return int(trio.run(run_space, node, setup, make_body(output)))
@@ -181,7 +182,53 @@ def cmd_peers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Default retention: a month of history, at most a GiB of envelopes and chunks.
+DEFAULT_KEEP_DAYS = 30.0
+DEFAULT_KEEP_BYTES = "1G"
+#: Milliseconds per day, for ``--keep-days``.
+DAY_MS = 86_400_000
+#: Size suffixes ``--keep-bytes`` accepts (powers of 1024).
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``123``, ``64M``, ``1G`` (binary units) as bytes; ValueError otherwise."""
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in SIZE_UNITS else ""
+    number = float(text[: len(text) - len(unit)])
+    if number < 0:
+        raise ValueError(text)
+    return int(number * SIZE_UNITS[unit])
+
+
+def _retention(args: argparse.Namespace) -> Any:
+    from ethersync.store import Retention  # noqa: PLC0415
+
+    days = getattr(args, "keep_days", DEFAULT_KEEP_DAYS)
+    size = getattr(args, "keep_bytes", DEFAULT_KEEP_BYTES)
+    try:
+        max_bytes = parse_size(size)
+    except ValueError:
+        raise LocalError(f"--keep-bytes: not a size: {size!r}") from None
+    if days < 0:
+        raise LocalError("--keep-days must not be negative")
+    return Retention(max_age_ms=int(days * DAY_MS), max_bytes=max_bytes)
+
+
 def _space_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-days",
+        type=float,
+        default=DEFAULT_KEEP_DAYS,
+        metavar="N",
+        help=f"drop envelopes older than N days (default {DEFAULT_KEEP_DAYS:g})",
+    )
+    parser.add_argument(
+        "--keep-bytes",
+        default=DEFAULT_KEEP_BYTES,
+        metavar="SIZE",
+        help=f"keep at most SIZE of envelopes and chunks, e.g. 500M (default {DEFAULT_KEEP_BYTES})",
+    )
     parser.add_argument(
         "--data-dir", metavar="DIR", help="where the space store lives (default: XDG data dir)"
     )

@@ -20,7 +20,7 @@ import trio
 from ethersync.envelope import KIND_FILE, KIND_MSG, open_untrusted
 from ethersync.keys import DeviceKey, SpaceKeys
 from ethersync.manifest import manifest_untrusted
-from ethersync.store import Store
+from ethersync.store import Retention, Store
 from p2pd.commands import CLOSE_LINGER, EXIT_TERMINATED, NoPeer, Output, _with_signals
 from p2pd.errors import BadFrame, LocalError, P2pdError
 from p2pd.identity import fingerprint
@@ -61,6 +61,8 @@ class SpaceSetup:
     device: DeviceKey
     download_dir: Path | None
     auto_fetch: bool
+    #: What the store keeps (the driver prunes at start and every ten minutes).
+    retention: Retention | None = None
 
 
 Body = Callable[[Space], Awaitable[int]]
@@ -70,7 +72,7 @@ async def run_space(node: Node, setup: SpaceSetup, body: Body) -> int:
     """Run the node, a :class:`Space` over it and ``body``; SIGTERM ends all three."""
 
     async def inner() -> int:
-        store = Store(setup.store_path)
+        store = Store(setup.store_path, setup.retention)
         try:
             space = Space(
                 node,

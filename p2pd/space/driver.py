@@ -23,10 +23,19 @@ The driver also reads fetch ``have`` bitmaps on their way in, so a publisher can
 when a peer holds a whole file (:class:`PeerHasFile`), and it notices when a push that
 carries an envelope we published was acknowledged by a peer's reliable channel
 (:class:`ItemDelivered`): that peer has stored it.
+
+Peer exchange: every :data:`PX_INTERVAL` seconds, and soon after a peer joins, each peer
+gets a ``{"t": "px", "a": [[host, port], ...]}`` frame with the real (not virtual)
+addresses of our *other* peers, at most :data:`PX_MAX`.  A receiver races a ``direct``
+candidate for each address it is not connected to (bounded per frame, and an address is
+offered again at most every :data:`PX_RETRY` seconds), so two devices that only share a
+third one end up connected directly.  Retention: the store is pruned at start and every
+:data:`PRUNE_INTERVAL` seconds with its :class:`~ethersync.store.Retention`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import Counter
@@ -47,7 +56,7 @@ from ethersync.gossip_wire import Item
 from ethersync.keys import DeviceKey, SpaceKeys
 from ethersync.manifest import Manifest, manifest_untrusted, publish_file
 from ethersync.store import Store
-from p2pd import messages
+from p2pd import messages, vaddr
 from p2pd.errors import BadFrame, LocalError
 from p2pd.identity import fingerprint
 from p2pd.node import Delivered, MessageIn, Node, PeerDown, PeerUp
@@ -62,6 +71,7 @@ from p2pd.space.types import (
     PeerLeft,
     SpaceEvent,
 )
+from transports.base import Addr, Candidate
 
 #: Node message type that carries EtherSync frames.
 ES_TYPE = "es"
@@ -71,6 +81,22 @@ ES_TYPE = "es"
 SPACE_ANTI_ENTROPY = 3.0
 #: Milliseconds per second, for envelope timestamps.
 MS = 1000
+#: Frame type of peer exchange (the driver's own; neither core knows it).
+PX_TYPE = "px"
+#: Seconds between peer-exchange rounds: peers come and go over minutes, not seconds.
+PX_INTERVAL = 30.0
+#: Seconds after a peer joins before a round, so a burst of joins makes one round.
+PX_JOIN_DELAY = 0.5
+#: Most addresses in one px frame (and most taken from one): a space is a few devices.
+PX_MAX = 16
+#: Seconds before an address heard by px is raced again.
+PX_RETRY = 60.0
+#: Most remembered px addresses (bounded memory against a chatty peer).
+PX_SEEN_MAX = 1024
+#: Highest UDP port.
+MAX_PORT = 65535
+#: Seconds between store prunes (retention by age and size).
+PRUNE_INTERVAL = 600.0
 
 __all__ = [
     "FileAnnounced",
@@ -149,6 +175,9 @@ class Space:
         self._watch: set[bytes] = set()
         self._sent: dict[tuple[bytes, int], bytes] = {}
         self._send_events, self.events = trio.open_memory_channel[SpaceEvent](math.inf)
+        self._px_at = now + PX_INTERVAL
+        self._px_seen: dict[Addr, float] = {}
+        self._prune_at = now
 
     # -- local calls ------------------------------------------------------------------
 
@@ -226,11 +255,15 @@ class Space:
             now = self._now()
             self.gossip.handle_timer(now)
             self.fetch.handle_timer(now)
+            self._own_timers(now)
             self._flush(now)
             self._drain()
             fetch_timer = self.fetch.get_timer()
             deadline = min(
-                self.gossip.get_timer(), math.inf if fetch_timer is None else fetch_timer
+                self.gossip.get_timer(),
+                math.inf if fetch_timer is None else fetch_timer,
+                self._px_at,
+                self._prune_at,
             )
             with trio.move_on_at(deadline):
                 event = await self.node.events.receive()
@@ -238,6 +271,54 @@ class Space:
 
     def _now(self) -> float:
         return trio.current_time()
+
+    def _own_timers(self, now: float) -> None:
+        if now >= self._prune_at:
+            self._prune_at = now + PRUNE_INTERVAL
+            self.counters["pruned"] += self.store.prune(wall_ms())
+        if now >= self._px_at:
+            self._px_at = now + PX_INTERVAL
+            self._send_px()
+
+    def _peer_addr(self, peer_id: bytes) -> Addr | None:
+        state = self.node.peers.get(peer_id)
+        addr = None if state is None else state.addr
+        return None if addr is None or vaddr.is_virtual(addr) else addr
+
+    def _send_px(self) -> None:
+        """Tell each peer the real addresses of our other peers."""
+        known = {pid: self._peer_addr(pid) for pid in self.peers.values()}
+        for peer_id in self.peers.values():
+            addrs = [list(a) for pid, a in known.items() if pid != peer_id and a is not None]
+            if not addrs:
+                continue
+            frame = cbor2.dumps({"t": PX_TYPE, "a": addrs[:PX_MAX]})
+            try:
+                self.node.send_message(peer_id, messages.encode(ES_TYPE, s=self.space_id, f=frame))
+            except LocalError:
+                self.counters["es_peer_gone"] += 1
+                continue
+            self.counters["px_sent"] += 1
+
+    def _on_px(self, frame: bytes, now: float) -> None:
+        try:
+            addrs = px_untrusted(frame)
+        except BadFrame as exc:
+            self.counters[exc.reason] += 1
+            return
+        connected = {self._peer_addr(pid) for pid in self.peers.values()}
+        for addr in addrs:
+            if addr in connected or (addr[1] == self.node.port and _is_loopback(addr[0])):
+                self.counters["px_known"] += 1
+                continue
+            if now < self._px_seen.get(addr, -math.inf) + PX_RETRY:
+                self.counters["px_recent"] += 1
+                continue
+            if len(self._px_seen) >= PX_SEEN_MAX:
+                self._px_seen.clear()
+            self._px_seen[addr] = now
+            self.counters["px_candidate"] += 1
+            self.node.add_candidate(Candidate(addr, "direct", now))
 
     def _load_files(self) -> None:
         """Seed complete files, and resume incomplete ones when fetching automatically."""
@@ -270,6 +351,7 @@ class Space:
             self.fetch.add_peer(event.fingerprint)
             addr = f"{event.addr[0]}:{event.addr[1]}"
             self._emit(PeerJoined(event.fingerprint, event.path, addr))
+            self._px_at = min(self._px_at, now + PX_JOIN_DELAY)
         elif isinstance(event, PeerDown):
             if self.peers.pop(event.fingerprint, None) is not None:
                 self.gossip.remove_peer(event.peer_id)
@@ -295,6 +377,9 @@ class Space:
             kind = _frame_type_untrusted(frame)
         except BadFrame as exc:
             self.counters[exc.reason] += 1
+            return
+        if kind == PX_TYPE:
+            self._on_px(frame, now)
             return
         if kind not in FETCH_TYPES:
             self.gossip.receive_untrusted(event.peer_id, frame, now)
@@ -416,3 +501,30 @@ def _frame_type_untrusted(frame: bytes) -> str:
     if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
         raise BadFrame("es_frame_shape")
     return str(obj["t"])
+
+
+def _is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
+
+
+def px_untrusted(frame: bytes) -> list[Addr]:
+    """The addresses of a px frame (at most :data:`PX_MAX`); BadFrame if malformed."""
+    obj: Any = cbor2.loads(frame)  # the caller decoded it once already
+    addrs = obj.get("a")
+    if not isinstance(addrs, list) or len(addrs) > PX_MAX:
+        raise BadFrame("px_shape")
+    out: list[Addr] = []
+    for entry in addrs:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise BadFrame("px_shape")
+        host, port = entry
+        if not isinstance(host, str) or type(port) is not int or not 0 < port <= MAX_PORT:
+            raise BadFrame("px_addr")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise BadFrame("px_addr") from None
+        if ip.is_multicast or ip.is_unspecified:
+            raise BadFrame("px_addr")
+        out.append((str(ip), port))
+    return out
