@@ -29,11 +29,10 @@ from transports.tor import (
     TorControlError,
     TorLauncher,
     TorMissingError,
-    TorStream,
-    meet,
     socks5_connect,
     socks_connect_request,
 )
+from transports.tor_meet import TorStream, meet
 
 try:
     from tests.netlab import tornet
