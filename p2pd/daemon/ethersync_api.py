@@ -39,7 +39,7 @@ from starlette.routing import Route
 
 from ethersync.envelope import KIND_FILE, KIND_MSG
 from ethersync.keys import load_or_create_device
-from ethersync.store import Store, default_store_path
+from ethersync.store import Retention, Store, default_store_path
 from p2pd.errors import LocalError
 from p2pd.node import Node
 from p2pd.space.commands import list_envelopes
@@ -54,6 +54,8 @@ from .sse import EventStream, Subscribers
 
 #: Spaces one daemon runs at once (each is a node, a socket and an SQLite store).
 MAX_SPACES = 64
+#: What a space store keeps in the daemon: the ``p2pd space`` defaults (30 days, 1 GiB).
+DEFAULT_RETENTION = Retention(max_age_ms=30 * 86_400_000, max_bytes=1 << 30)
 #: Largest message text (UTF-8 bytes): the body limit less JSON framing; an envelope
 #: holds at most 64 KiB sealed in any case.
 MAX_SPACE_TEXT = BODY_LIMIT - 1024
@@ -79,8 +81,10 @@ class Spaces:
         *,
         data_dir: Path | None = None,
         download_dir: Path | None = None,
+        retention: Retention = DEFAULT_RETENTION,
     ) -> None:
         self.service = service
+        self.retention = retention
         self.state_dir = state_dir
         self.data_dir = data_dir
         self.download_dir = download_dir
@@ -136,7 +140,8 @@ class Spaces:
         store: Store | None = None
         started = False
         try:
-            store = Store(default_store_path(entry.session.node.params.space_id, self.data_dir))
+            path = default_store_path(entry.session.node.params.space_id, self.data_dir)
+            store = Store(path, self.retention)
             device = load_or_create_device(self.state_dir)
             with session.scope:
                 async with trio.open_nursery() as nursery:
