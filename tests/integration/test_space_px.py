@@ -6,8 +6,11 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import pytest
 
+from p2pd.errors import BadFrame
+from p2pd.space.driver import PX_MAX, px_untrusted
 from tests.integration.conftest import fresh_passphrase
 from tests.integration.test_space_loopback import Space, is_event, wait_for
 
@@ -42,3 +45,27 @@ def test_peers_of_a_peer_are_connected_through_px(space: Space) -> None:
     event = wait_for(a, lambda e: e.get("event") == "connected" and e["peer"] == fp_c)
     assert event["addr"] == f"127.0.0.1:{pc}"
     wait_for(c, lambda e: e.get("event") == "connected" and e["peer"] == fp_a)
+
+
+@pytest.mark.parametrize(
+    "addrs",
+    [
+        "x",
+        [["127.0.0.1"]],
+        [["127.0.0.1", 0]],
+        [["127.0.0.1", 65536]],
+        [["127.0.0.1", True]],
+        [["not-an-ip", 4000]],
+        [["224.0.0.1", 4000]],
+        [["0.0.0.0", 4000]],
+        [["127.0.0.1", 4000]] * (PX_MAX + 1),
+    ],
+)
+def test_px_frames_are_validated(addrs: object) -> None:
+    with pytest.raises(BadFrame):
+        px_untrusted(cbor2.dumps({"t": "px", "a": addrs}))
+
+
+def test_px_frame_round_trip() -> None:
+    frame = cbor2.dumps({"t": "px", "a": [["127.0.0.1", 4000], ["::1", 65535]]})
+    assert px_untrusted(frame) == [("127.0.0.1", 4000), ("::1", 65535)]
