@@ -60,6 +60,15 @@ from p2pd import messages, vaddr
 from p2pd.errors import BadFrame, LocalError
 from p2pd.identity import fingerprint
 from p2pd.node import Delivered, MessageIn, Node, PeerDown, PeerUp
+from p2pd.space.px import (
+    PX_INTERVAL,
+    PX_JOIN_DELAY,
+    PX_MAX,
+    PX_RETRY,
+    PX_SEEN_MAX,
+    PX_TYPE,
+    px_untrusted,
+)
 from p2pd.space.types import (
     FileAnnounced,
     FileDone,
@@ -81,20 +90,6 @@ ES_TYPE = "es"
 SPACE_ANTI_ENTROPY = 3.0
 #: Milliseconds per second, for envelope timestamps.
 MS = 1000
-#: Frame type of peer exchange (the driver's own; neither core knows it).
-PX_TYPE = "px"
-#: Seconds between peer-exchange rounds: peers come and go over minutes, not seconds.
-PX_INTERVAL = 30.0
-#: Seconds after a peer joins before a round, so a burst of joins makes one round.
-PX_JOIN_DELAY = 0.5
-#: Most addresses in one px frame (and most taken from one): a space is a few devices.
-PX_MAX = 16
-#: Seconds before an address heard by px is raced again.
-PX_RETRY = 60.0
-#: Most remembered px addresses (bounded memory against a chatty peer).
-PX_SEEN_MAX = 1024
-#: Highest UDP port.
-MAX_PORT = 65535
 #: Seconds between store prunes (retention by age and size).
 PRUNE_INTERVAL = 600.0
 
@@ -505,26 +500,3 @@ def _frame_type_untrusted(frame: bytes) -> str:
 
 def _is_loopback(host: str) -> bool:
     return ipaddress.ip_address(host).is_loopback
-
-
-def px_untrusted(frame: bytes) -> list[Addr]:
-    """The addresses of a px frame (at most :data:`PX_MAX`); BadFrame if malformed."""
-    obj: Any = cbor2.loads(frame)  # the caller decoded it once already
-    addrs = obj.get("a")
-    if not isinstance(addrs, list) or len(addrs) > PX_MAX:
-        raise BadFrame("px_shape")
-    out: list[Addr] = []
-    for entry in addrs:
-        if not isinstance(entry, list) or len(entry) != 2:
-            raise BadFrame("px_shape")
-        host, port = entry
-        if not isinstance(host, str) or type(port) is not int or not 0 < port <= MAX_PORT:
-            raise BadFrame("px_addr")
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            raise BadFrame("px_addr") from None
-        if ip.is_multicast or ip.is_unspecified:
-            raise BadFrame("px_addr")
-        out.append((str(ip), port))
-    return out

@@ -10,7 +10,7 @@ import cbor2
 import pytest
 
 from p2pd.errors import BadFrame
-from p2pd.space.driver import PX_MAX, px_untrusted
+from p2pd.space.px import PX_MAX, px_untrusted
 from tests.integration.conftest import fresh_passphrase
 from tests.integration.test_space_loopback import Space, is_event, wait_for
 
