@@ -313,9 +313,16 @@ class Node(WanPaths):
                         endpoint.send(peer_id, plaintext, now)
                     except LocalError:  # keys expired or peer lost: the channel retransmits
                         self.counters["send_no_keys"] += 1
+                cevents = []
                 while (cevent := peer.channel.next_event()) is not None:
+                    cevents.append(cevent)
+                if cevents:
                     busy = True
-                    self._on_channel_event(peer_id, peer, cevent)
+                    # The peer's addresses (cands) first: a delivery reported in the same
+                    # batch then carries the path label they imply (e.g. its mapping).
+                    cevents.sort(key=_cands_first)
+                    for cevent in cevents:
+                        self._on_channel_event(peer_id, peer, cevent)
             for data, addr in endpoint.datagrams_to_send(now, wall):
                 routed = wan.outbound(data, addr)
                 if routed is None:
@@ -469,6 +476,18 @@ class Node(WanPaths):
 
     def _emit(self, event: NodeEvent) -> None:
         self._send_events.send_nowait(event)
+
+
+#: How every ``cands`` message starts: a 2-entry CBOR map whose first key is "t" = "cands".
+CANDS_PREFIX = messages.cands([])[:9]
+
+
+def _cands_first(event: object) -> int:
+    """Sort key: received ``cands`` messages before everything else (a stable sort keeps
+    the order of the rest)."""
+    if isinstance(event, MessageReceived) and event.data.startswith(CANDS_PREFIX):
+        return 0
+    return 1
 
 
 def _runs_by_address(batch: list[tuple[bytes, Addr]]) -> list[tuple[Addr, list[bytes]]]:
