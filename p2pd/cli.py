@@ -508,6 +508,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreground", action="store_true", help="log every event to stderr as JSON lines"
     )
     _node_options(daemon)
+    daemon.add_argument(
+        "--download-dir",
+        metavar="DIR",
+        help="where files published in joined spaces are saved (default: XDG download dir)",
+    )
+    daemon.add_argument(
+        "--no-fetch", action="store_true", help="do not fetch files published in joined spaces"
+    )
+    from p2pd.cli_space import add_retention_options  # noqa: PLC0415
+
+    add_retention_options(daemon)
     daemon.set_defaults(handler=cmd_daemon)
 
     _add_wan_commands(sub, common)

@@ -201,6 +201,11 @@ def parse_size(text: str) -> int:
     return int(number * SIZE_UNITS[unit])
 
 
+def space_retention(args: argparse.Namespace) -> Any:
+    """The store retention ``--keep-days`` and ``--keep-bytes`` ask for (defaults if absent)."""
+    return _retention(args)
+
+
 def _retention(args: argparse.Namespace) -> Any:
     from ethersync.store import Retention  # noqa: PLC0415
 
@@ -215,7 +220,8 @@ def _retention(args: argparse.Namespace) -> Any:
     return Retention(max_age_ms=int(days * DAY_MS), max_bytes=max_bytes)
 
 
-def _space_options(parser: argparse.ArgumentParser) -> None:
+def add_retention_options(parser: argparse.ArgumentParser) -> None:
+    """``--keep-days`` and ``--keep-bytes`` (space commands and the daemon)."""
     parser.add_argument(
         "--keep-days",
         type=float,
@@ -229,6 +235,10 @@ def _space_options(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help=f"keep at most SIZE of envelopes and chunks, e.g. 500M (default {DEFAULT_KEEP_BYTES})",
     )
+
+
+def _space_options(parser: argparse.ArgumentParser) -> None:
+    add_retention_options(parser)
     parser.add_argument(
         "--data-dir", metavar="DIR", help="where the space store lives (default: XDG data dir)"
     )

@@ -23,6 +23,7 @@ errors instead of every lifecycle event).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import trio
 
+from ethersync.store import Retention
 from p2pd import __version__
 from p2pd.derive import Params, derive
 from p2pd.errors import LocalError
@@ -83,12 +85,34 @@ async def _watch_signals(outcome: _Outcome) -> None:
             outcome.stop.set()
 
 
+@dataclass(frozen=True, slots=True)
+class SpaceSettings:
+    """Where the daemon's EtherSync spaces put fetched files (None: fetch nothing) and how
+    long their stores keep envelopes."""
+
+    download_dir: Path | None
+    retention: Retention
+
+
+def _space_settings(args: argparse.Namespace) -> SpaceSettings:
+    from p2pd.cli_space import space_retention  # noqa: PLC0415
+
+    if getattr(args, "no_fetch", False):
+        download_dir = None
+    else:
+        chosen = getattr(args, "download_dir", None)
+        download_dir = Path(chosen).expanduser() if chosen else default_download_dir()
+    return SpaceSettings(download_dir, space_retention(args))
+
+
 async def _serve(
     config: DaemonConfig,
     lock: DaemonLock,
     identity: Identity,
     token: str,
     configured: list[Params],
+    *,
+    space_settings: SpaceSettings,
 ) -> _Outcome:
     outcome = _Outcome()
     info = DaemonInfo()
@@ -104,7 +128,13 @@ async def _serve(
         root.start_soon(_watch_signals, outcome)
         async with trio.open_nursery() as sessions:
             service = Service(identity, config.node, sessions)
-            spaces = Spaces(service, sessions, lock.state_dir, download_dir=default_download_dir())
+            spaces = Spaces(
+                service,
+                sessions,
+                lock.state_dir,
+                download_dir=space_settings.download_dir,
+                retention=space_settings.retention,
+            )
             try:
                 for params in configured:
                     await service.join_params(params)
@@ -156,7 +186,9 @@ def run_daemon(args: argparse.Namespace) -> int:
         identity = load_or_create(state_dir)
         configured = _configured_params(config)
         token = lock.write_token()
-        outcome = trio.run(_serve, config, lock, identity, token, configured)
+        settings = _space_settings(args)
+        serve = functools.partial(_serve, space_settings=settings)
+        outcome = trio.run(serve, config, lock, identity, token, configured)
         if outcome.failure is not None:
             raise outcome.failure
         logs.event(logging.INFO, "daemon_stopped", exit_code=outcome.exit_code)

@@ -69,3 +69,43 @@ def test_send_and_publish_through_the_daemon(
     saved = [json.loads(line) for line in out.splitlines()]
     path = next(Path(str(e["path"])) for e in saved if e["event"] == "saved")
     assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_the_daemon_fetches_every_published_file_into_its_download_dir(
+    daemons: Daemons, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    downloads = tmp_path / "daemon-downloads"
+    daemon = daemons.start("d", "--download-dir", str(downloads))
+    phrase = fresh_passphrase()
+    space(daemon.state_dir, phrase, "send", "the daemon joins the space")
+    source = tmp_path / "report.pdf"
+    data = os.urandom(700 * 1024)
+    source.write_bytes(data)
+    peer = tmp_path / "peer"
+    published = space(peer, phrase, "publish", str(source), "--timeout", "50", daemon=False)
+    assert published[-1]["event"] == "peer_has_file"
+    saved = downloads / "report.pdf"
+    assert hashlib.sha256(saved.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_a_daemon_told_not_to_fetch_leaves_files_alone(
+    daemons: Daemons, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    downloads = tmp_path / "daemon-downloads"
+    daemon = daemons.start("d", "--download-dir", str(downloads), "--no-fetch")
+    phrase = fresh_passphrase()
+    space(daemon.state_dir, phrase, "send", "the daemon joins the space")
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(300 * 1024))
+    peer = tmp_path / "peer"
+    done = subprocess.run(
+        [sys.executable, *ENTRY, "space", "publish", str(source), "--json", "--timeout", "6",
+         "--state-dir", str(peer), "--no-daemon", "--data-dir", str(peer / "data"),
+         "--download-dir", str(peer / "dl"), *LOOPBACK_ONLY],
+        capture_output=True, text=True, timeout=WAIT,
+        env=dict(os.environ, P2PD_PASSPHRASE=phrase), check=False,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr  # nobody took the file
+    assert not downloads.exists() or not any(downloads.iterdir())
