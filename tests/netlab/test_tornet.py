@@ -29,7 +29,7 @@ from .lab import Lab
 from .nodes import Host
 from .tornet import TorClient, TorNet, TorNetError, tor_missing_reason
 
-#: "Well under a minute" (issue 6), with room for a slow CI machine; measured 10-26 s here.
+#: "Well under a minute" (issue 6), with room for a slow CI machine; measured 7-19 s here.
 BOOTSTRAP_LIMIT = 45.0
 #: Seconds for an onion descriptor to be uploaded to the HSDirs (measured: about 1 s).
 PUBLISH_TIMEOUT = 30.0

@@ -10,8 +10,10 @@ little and tie a certificate to a port) and its relay fingerprint from ``tor
 which replaces Tor's built-in authorities and fallbacks, so nothing outside the private
 network is ever dialed: ``UseDefaultFallbackDirs 0``, IPv6 off, and exit-side DNS is pointed
 at a resolv.conf naming only the network's own address (no hijack probes of real names).
-The authorities vote every few seconds and force the Guard, Exit and HSDir flags, so onion
-services can publish as soon as the first consensus is out.
+The authorities vote every few seconds and force the Guard, Exit and HSDir flags. Clients
+use no entry guards and no vanguards (in a network of five relays both pin paths that loop
+back on themselves, measured: bootstrap stalled 15 s), give up on a circuit after 3 s, and
+count as ready once bootstrapped *and* holding a consensus that lists every relay.
 
 Ports: authorities and relays need ports known before start (they are in every
 ``DirAuthority`` line). They are drawn at random *below* the kernel's ephemeral range, where
@@ -38,15 +40,18 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 #: Directory authorities: three, so a majority (two) still signs if one is slow.
 DEFAULT_AUTHORITIES = 3
 #: Relays besides the authorities (which relay too): enough for distinct guard/middle/HSDir.
 DEFAULT_RELAYS = 2
-#: Seconds every client gets to reach ``Bootstrapped 100%``; about 20 s is usual.
+#: Seconds every client gets to reach ``Bootstrapped 100%`` (measured: 7-19 s).
 BOOTSTRAP_TIMEOUT = 60.0
 #: Seconds a client gets to open its SOCKS and control listeners after start.
 LISTENER_TIMEOUT = 10.0
@@ -80,13 +85,23 @@ COMMON_OPTIONS = (
     "TestingDirAuthVoteGuard *", "TestingMinExitFlagThreshold 0", "V3AuthNIntervalsValid 2",
     "AssumeReachable 1", "FetchDirInfoEarly 1", "FetchDirInfoExtraEarly 1",
 )  # fmt: skip
-#: Placeholders for key generation, which wants an address and ORPort it does not keep.
-KEYGEN_DIR_ADDRESS, KEYGEN_OR_PORT = "127.0.0.1:1", "1"
+#: Placeholder ORPort for ``tor --list-fingerprint``, which wants one but keeps none.
+KEYGEN_OR_PORT = "1"
 BOOTSTRAPPED = "Bootstrapped 100%"
 _LISTENER = re.compile(r"Opened (Socks|Control) listener connection \(ready\) on [^:]+:(\d+)")
+_ROUTER_LINE = re.compile(r"^r ", re.MULTILINE)
 _FINGERPRINT = re.compile(r"^fingerprint ([0-9A-F]{40})$", re.MULTILINE)
 
 _key_lock = threading.Lock()
+
+
+def _listed(tor: _Tor) -> int:
+    """Relays in the tor's cached consensus (tor replaces the file whole, never in part)."""
+    try:
+        text = (tor.data_dir / "cached-microdesc-consensus").read_text(errors="replace")
+    except FileNotFoundError:
+        return 0
+    return len(_ROUTER_LINE.findall(text))
 
 
 class TorNetError(Exception):
@@ -128,8 +143,8 @@ def _authority_keys(count: int) -> list[Path]:
 
     Made once per process and reused by every network: an RSA-3072 identity per authority
     costs about 0.5 s of CPU (2-4 s for three at once on a loaded 2-CPU machine), copying
-    them a few milliseconds. A certificate's ``dir-address`` is informational (tor dials
-    the ``DirAuthority`` lines), so keys made for one network's ports serve any other.
+    them a few milliseconds. The certificates carry no ``dir-address`` (tor would dial that
+    instead of the ``DirAuthority`` line), so keys made once serve any network's ports.
     """
     with _key_lock:
         dirs = [_key_cache() / f"auth{i}" for i in range(count)]
@@ -138,7 +153,7 @@ def _authority_keys(count: int) -> list[Path]:
             (d / "keys").mkdir(parents=True, mode=0o700)
             d.chmod(0o700)
         gencert = (
-            f"tor-gencert --create-identity-key -m {CERT_MONTHS} -a {KEYGEN_DIR_ADDRESS} -i "
+            f"tor-gencert --create-identity-key -m {CERT_MONTHS} -i "
             "authority_identity_key -s authority_signing_key -c authority_certificate "
             "--passphrase-fd 0"
         ).split()
@@ -302,18 +317,24 @@ class TorNet:
         return client
 
     def wait_bootstrapped(self, names: Sequence[str]) -> None:
-        """Block until every named client logged ``Bootstrapped 100%`` (bounded)."""
-        deadline = time.monotonic() + self.bootstrap_timeout
-        pending = set(names)
-        while pending:
-            self._check_alive()
-            pending = {name for name in pending if BOOTSTRAPPED not in self._tors[name].log_text()}
-            if not pending:
-                break
-            if time.monotonic() > deadline:
-                tails = "; ".join(f"{n}: {self._tors[n].tail(3)}" for n in sorted(pending))
-                raise TorNetError(f"not bootstrapped in {self.bootstrap_timeout} s: {tails}")
-            time.sleep(POLL_INTERVAL)
+        """Block until every named client logged ``Bootstrapped 100%`` and holds a consensus
+        listing every relay (bounded).
+
+        A client may bootstrap on the first consensus, which often lists only the
+        authorities; onion services need the HSDirs of a later one (measured: an ADD_ONION
+        right after such a bootstrap was not uploaded within 30 s).
+        """
+        tors = [self._tors[name] for name in names]
+        relays = sum(self._counts)
+        self._poll(
+            lambda: (
+                all(BOOTSTRAPPED in t.log_text() and _listed(t) >= relays for t in tors) or None
+            ),
+            self.bootstrap_timeout,
+            lambda: "not bootstrapped in {} s: {}".format(
+                self.bootstrap_timeout, "; ".join(f"{t.name}: {t.tail(3)}" for t in tors)
+            ),
+        )
 
     def _make_authorities(self, names: Sequence[str]) -> list[_Authority]:
         result = []
@@ -344,7 +365,8 @@ class TorNet:
     def client_lines(self) -> list[str]:
         """A client's options: auto SOCKS and control ports, cookie authentication."""
         return [*self.common_lines(), "SocksPort auto", "ControlPort auto",
-                "CookieAuthentication 1", "LearnCircuitBuildTimeout 0",
+                "CookieAuthentication 1", "LearnCircuitBuildTimeout 0", "UseEntryGuards 0",
+                "VanguardsLiteEnabled 0",
                 f"CircuitBuildTimeout {CIRCUIT_BUILD_TIMEOUT}"]  # fmt: skip
 
     def _relay_lines(self, or_port: int, dir_port: int) -> list[str]:
@@ -399,15 +421,24 @@ class TorNet:
         return ["setpriv", "--pdeathsig", "TERM", "--"]
 
     def _listener_ports(self, tor: _Tor) -> tuple[int, int]:
-        deadline = time.monotonic() + LISTENER_TIMEOUT
-        while True:
+        def ports() -> tuple[int, int] | None:
+            found = dict(_LISTENER.findall(tor.log_text()))
+            if "Socks" in found and "Control" in found:
+                return int(found["Socks"]), int(found["Control"])
+            return None
+
+        return self._poll(ports, LISTENER_TIMEOUT, lambda: f"{tor.name}: no ports: {tor.tail()}")
+
+    def _poll(self, check: Callable[[], T | None], timeout: float, why: Callable[[], str]) -> T:
+        """Re-read logs until ``check`` returns a value; raise TorNetError if a tor exits or
+        ``timeout`` passes (tor has no readiness signal but its log)."""
+        deadline = time.monotonic() + timeout
+        while (result := check()) is None:
             self._check_alive()
-            ports = dict(_LISTENER.findall(tor.log_text()))
-            if "Socks" in ports and "Control" in ports:
-                return int(ports["Socks"]), int(ports["Control"])
             if time.monotonic() > deadline:
-                raise TorNetError(f"{tor.name} opened no listeners: {tor.tail()}")
+                raise TorNetError(why())
             time.sleep(POLL_INTERVAL)
+        return result
 
     def _check_alive(self) -> None:
         for tor in self._tors.values():
