@@ -72,6 +72,8 @@ BIG_BODY_SLOTS = 4
 MAX_WAIT_PEER = 3600.0
 #: Default ``wait_peer`` of send.
 DEFAULT_WAIT_PEER = 30.0
+#: Lifetime of an offer made through the API unless the body says ``ttl`` (as ``p2pd offer``).
+DEFAULT_OFFER_TTL = 600.0
 
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 _SEND_PATH = re.compile(r"/v1/sessions/[^/]+/send")
@@ -342,8 +344,30 @@ class Api:
         return JSONResponse(result, headers=JSON_HEADERS)
 
     async def offer(self, request: Request) -> Response:
-        self._session(request)
-        return error_response(501, "not_implemented", "WAN offers are not implemented yet")
+        """A fresh offer for this session's node (the hybrid form: it names this node)."""
+        from p2pd.offer import MAX_TTL, OfferError, make_offer  # noqa: PLC0415
+
+        session = self._session(request)
+        obj = await _json_object(request, frozenset({"ttl"}))
+        ttl = float(_field(obj, "ttl", (int, float), DEFAULT_OFFER_TTL))
+        if not (math.isfinite(ttl) and 0 < ttl <= MAX_TTL):
+            raise ServiceError(400, "bad_request", f"ttl must be between 0 and {MAX_TTL:g} s")
+        node = session.node
+        candidates = node.own_candidates()
+        now = time.time()
+        try:
+            text = make_offer(
+                node.params.tag_key, candidates, now_wall=now, ttl=ttl,
+                resume=node.identity.public,
+            )  # fmt: skip
+        except OfferError as exc:
+            raise ServiceError(409, "no_candidates", str(exc)) from None
+        body = {
+            "offer": text,
+            "expires_at": round(now + ttl),
+            "candidates": [f"{c.path} {c.addr[0]}:{c.addr[1]}" for c in candidates],
+        }
+        return JSONResponse(body, headers=JSON_HEADERS)
 
     async def events(self, request: Request) -> Response:
         session = self._session(request)

@@ -273,8 +273,36 @@ def document() -> dict[str, Any]:
             "/v1/sessions/{id}/offer": {
                 "parameters": session_path_params,
                 "post": {
-                    "summary": "WAN offer: not implemented until the WAN transports land",
-                    "responses": {"501": {"$ref": "#/components/responses/Error"}, **_errors(404)},
+                    "summary": "an expiring offer (text) naming this session's node",
+                    "requestBody": {
+                        "required": False,
+                        "description": "optional lifetime in seconds (default 600)",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "ttl": {"type": "number", "exclusiveMinimum": 0}
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["offer", "expires_at", "candidates"],
+                                "properties": {
+                                    "offer": {"type": "string"},
+                                    "expires_at": {"type": "integer"},
+                                    "candidates": {"type": "array", "items": {"type": "string"}},
+                                },
+                            },
+                            "the offer",
+                        ),
+                        **_errors(400, 404, 409),
+                    },
                 },
             },
         },

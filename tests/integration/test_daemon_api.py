@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2pd.derive import derive
+from p2pd.offer import parse_offer_untrusted
 from tests.integration.conftest import fresh_passphrase
 from tests.integration.daemon_fixture import (
     Daemon,
@@ -300,11 +301,17 @@ def test_send_without_peer_and_no_wait_is_409(daemon: Daemon) -> None:
     assert response.json()["error"]["code"] == "no_peer"
 
 
-def test_offer_is_not_implemented(daemon: Daemon) -> None:
-    session = daemon.join(fresh_passphrase())
-    response = daemon.post(f"/v1/sessions/{session}/offer", {})
-    assert response.status_code == 501
-    assert response.json()["error"]["code"] == "not_implemented"
+def test_offer_names_the_session_node_and_expires(daemon: Daemon) -> None:
+    phrase = fresh_passphrase()
+    session = daemon.join(phrase)
+    response = daemon.post(f"/v1/sessions/{session}/offer", {"ttl": 120})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["offer"].startswith("P2PD1") and phrase not in response.text
+    assert body["candidates"] and abs(body["expires_at"] - time.time() - 120) < 5
+    offer = parse_offer_untrusted(body["offer"], derive(phrase).tag_key, now_wall=time.time())
+    assert offer.resume == bytes.fromhex(daemon.get("/v1/identity").json()["public_key"])
+    assert daemon.post(f"/v1/sessions/{session}/offer", {"ttl": -1}).status_code == 400
 
 
 def test_events_of_unknown_session_is_404_json(daemon: Daemon) -> None:
