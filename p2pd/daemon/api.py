@@ -371,19 +371,7 @@ class Api:
 
     async def events(self, request: Request) -> Response:
         session = self._session(request)
-        raw = request.headers.get("last-event-id") or request.query_params.get("since")
-        since: int | None = None
-        if raw is not None:
-            try:
-                since = int(raw)
-            except ValueError:
-                raise ServiceError(
-                    400, "bad_request", "Last-Event-ID and since must be integers"
-                ) from None
-        if request.method == "HEAD":
-            return Response(media_type="text/event-stream")
-        cursor = session.events.cursor(since)
-        return EventStream(self.service, self.subscribers, session, cursor)
+        return event_stream(self.service, self.subscribers, session, request)
 
     async def metrics(self, request: Request) -> Response:
         return JSONResponse(self.service.metrics(), headers=JSON_HEADERS)
@@ -424,7 +412,25 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
+def event_stream(
+    service: Service, subscribers: Subscribers, session: Session, request: Request
+) -> Response:
+    """SSE of a session's events from ``Last-Event-ID``/``since`` (sessions and spaces)."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("since")
+    since: int | None = None
+    if raw is not None:
+        try:
+            since = int(raw)
+        except ValueError:
+            raise ServiceError(
+                400, "bad_request", "Last-Event-ID and since must be integers"
+            ) from None
+    if request.method == "HEAD":
+        return Response(media_type="text/event-stream")
+    return EventStream(service, subscribers, session, session.events.cursor(since))
+
+
+def by_method(handlers: dict[str, Endpoint]) -> Endpoint:
     """One endpoint for a path that several methods share (so 405's Allow lists them all)."""
 
     async def endpoint(request: Request) -> Response:
@@ -453,7 +459,7 @@ def build_app(
         "/v1/sessions/{id}/events": {"GET": api.events},
         "/v1/sessions/{id}/offer": {"POST": api.offer},
     }
-    routes = [Route(path, _by_method(h), methods=list(h)) for path, h in table.items()]
+    routes = [Route(path, by_method(h), methods=list(h)) for path, h in table.items()]
     routes += extra_routes
     app = Starlette(
         routes=routes,

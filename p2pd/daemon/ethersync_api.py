@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +45,11 @@ from p2pd.space.commands import list_envelopes
 from p2pd.space.driver import Space
 from p2pd.space.events import event_json
 
-from .api import BODY_LIMIT, _field, _json_object, _utf8
+from .api import BODY_LIMIT, Endpoint, _field, _json_object, _utf8, by_method, event_stream
 from .logs import event as log_event
 from .responses import JSON_HEADERS
 from .service import Service, ServiceError, Session
-from .sse import EventStream, Subscribers
+from .sse import Subscribers
 
 #: Spaces one daemon runs at once (each is a node, a socket and an SQLite store).
 MAX_SPACES = 64
@@ -195,9 +194,6 @@ def describe(space: Space) -> dict[str, Any]:
     }
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
 class SpacesApi:
     """The endpoints, over one :class:`Spaces`."""
 
@@ -261,29 +257,11 @@ class SpacesApi:
     async def events(self, request: Request) -> Response:
         self._space(request)
         session = self.spaces.entries[str(request.path_params["id"])].session
-        raw = request.headers.get("last-event-id") or request.query_params.get("since")
-        try:
-            since = None if raw is None else int(raw)
-        except ValueError:
-            raise ServiceError(
-                400, "bad_request", "Last-Event-ID and since must be integers"
-            ) from None
-        if request.method == "HEAD":
-            return Response(media_type="text/event-stream")
-        cursor = session.events.cursor(since)
-        return EventStream(self.spaces.service, self.subscribers, session, cursor)
+        return event_stream(self.spaces.service, self.subscribers, session, request)
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
     return JSONResponse(body, status_code=status, headers=JSON_HEADERS)
-
-
-def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
-    async def endpoint(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await handlers[method](request)
-
-    return endpoint
 
 
 def ethersync_routes(spaces: Spaces, subscribers: Subscribers) -> list[Route]:
@@ -297,4 +275,4 @@ def ethersync_routes(spaces: Spaces, subscribers: Subscribers) -> list[Route]:
         base + "/{id}/files": {"GET": api.files, "POST": api.post_file},
         base + "/{id}/events": {"GET": api.events},
     }
-    return [Route(path, _by_method(h), methods=list(h)) for path, h in table.items()]
+    return [Route(path, by_method(h), methods=list(h)) for path, h in table.items()]

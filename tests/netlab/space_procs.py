@@ -256,12 +256,6 @@ NODE_OPTIONS = ("--no-mdns", "--no-upnp")
 ONE_SHOT_TIMEOUT = 30.0
 
 
-def space_module() -> str:
-    """``p2pd`` once its parser has ``space``; until then the space commands' own parser."""
-    cli = (REPO / "p2pd" / "cli.py").read_text()
-    return "p2pd" if "add_space_commands" in cli else "p2pd.space.cli_main"
-
-
 @dataclass
 class SpacePeer:
     """One lab host taking part in a space, with its own directories under ``root``."""
@@ -284,7 +278,7 @@ class SpacePeer:
 
     def argv(self, action: str, *args: str) -> list[str]:
         return [
-            sys.executable, "-m", space_module(), "--state-dir", str(self.state_dir), "--json",
+            sys.executable, "-m", "p2pd", "--state-dir", str(self.state_dir), "--json",
             "space", action, *args,
         ]  # fmt: skip
 

@@ -206,7 +206,7 @@ def _start(
         [
             sys.executable,
             "-m",
-            _space_module(),
+            "p2pd",
             "--state-dir",
             str(base / "state"),
             "--json",
@@ -225,12 +225,6 @@ def _start(
         env=env,
         cwd=REPO,
     )
-
-
-def _space_module() -> str:
-    """``p2pd`` once its parser has ``space``; until then the space commands' own parser."""
-    cli = (REPO / "p2pd" / "cli.py").read_text()
-    return "p2pd" if "add_space_commands" in cli else "p2pd.space.cli_main"
 
 
 def _until(
