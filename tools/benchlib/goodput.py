@@ -161,6 +161,27 @@ def _raw_socket() -> socket.socket:
     return sock
 
 
+def receive_blast(
+    sock: socket.socket, buf: bytearray, start_timeout: float
+) -> tuple[int, float, float]:
+    """Receive one raw blast: bytes, and the monotonic times of its first and last datagram.
+
+    Waits up to ``start_timeout`` for the first datagram, then stops RAW_IDLE after the last.
+    """
+    total, first, last = 0, 0.0, 0.0
+    sock.settimeout(start_timeout)
+    while True:
+        try:
+            n = sock.recv_into(buf)
+        except TimeoutError:
+            return total, first, last
+        last = time.monotonic()
+        if not total:
+            first = last
+            sock.settimeout(RAW_IDLE)
+        total += n
+
+
 def _params(config: dict[str, Any]) -> Any:
     from p2pd.derive import params_from_master
 
@@ -185,18 +206,7 @@ def role_receiver() -> int:
     _say({"raw_port": sock.getsockname()[1]})
     buf = bytearray(65536)
     for _ in range(config["rounds"]):
-        total, first, last = 0, 0.0, 0.0
-        sock.settimeout(CHILD_TIMEOUT)
-        while True:
-            try:
-                n = sock.recv_into(buf)
-            except TimeoutError:
-                break
-            last = time.monotonic()
-            if not total:
-                first = last
-                sock.settimeout(RAW_IDLE)
-            total += n
+        total, first, last = receive_blast(sock, buf, CHILD_TIMEOUT)
         _say({"bytes": total, "first": first, "last": last})
     sock.close()
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchlib.goodput import DATAGRAM, RAW_IDLE, _raw_socket
+from benchlib.goodput import DATAGRAM, _raw_socket, receive_blast
 
 #: Bytes of the published file (and of each raw copy).
 SIZE = 64 * 1024 * 1024
@@ -69,18 +69,7 @@ def raw_receive() -> None:
     sock.bind(("127.0.0.1", 0))
     print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
     buf = bytearray(65536)
-    total, first, last = 0, 0.0, 0.0
-    sock.settimeout(RAW_START_TIMEOUT)
-    while True:
-        try:
-            n = sock.recv_into(buf)
-        except TimeoutError:
-            break
-        last = time.monotonic()
-        if not total:
-            first = last
-            sock.settimeout(RAW_IDLE)
-        total += n
+    total, first, last = receive_blast(sock, buf, RAW_START_TIMEOUT)
     print(json.dumps({"bytes": total, "first": first, "last": last}), flush=True)
 
 
