@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from p2pd import __version__
+from p2pd.cli_tor import add_tor_options, tor_settings
 from p2pd.errors import LocalError, P2pdError
 from p2pd.passphrase import hide_arguments
 
@@ -28,6 +29,8 @@ EXIT_INTERRUPTED = 130
 STOP_WAIT = 10.0
 #: Default seconds ``send`` waits for a peer (``--timeout``).
 DEFAULT_TIMEOUT = 60.0
+#: The same with Tor: bootstrapping takes 10-30 s, a meeting at the onion 5-90 s.
+TOR_DEFAULT_TIMEOUT = 300.0
 #: Words in a passphrase made by ``p2pd phrase``: 5 x 12.9 = 64.6 bits.
 DEFAULT_PHRASE_WORDS = 5
 #: Fewest words ``p2pd phrase`` makes: 4 x 12.9 = 51.7 bits, still above the strength floor.
@@ -116,6 +119,7 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         "--no-upnp", action="store_true", help="do not ask the gateway for a port mapping"
     )
     parser.add_argument("--no-tcp", action="store_true", help="no TCP listener or TCP fallback")
+    add_tor_options(parser)
 
 
 def _resolve(addr: tuple[str, int], option: str) -> tuple[str, int]:
@@ -151,18 +155,21 @@ def _make_node(args: argparse.Namespace, passphrase: str) -> Any:
     from p2pd.node import Node, NodeConfig  # noqa: PLC0415
     from p2pd.paths import resolve_state_dir  # noqa: PLC0415
 
+    tor = tor_settings(args)
+    only = tor is not None and tor.only
     params = derive(passphrase)
     identity = load_or_create(resolve_state_dir(args.state_dir))
     config = NodeConfig(
         port=args.port,
         interfaces=args.interfaces,
-        beacons=not args.no_beacon,
-        mdns=not args.no_mdns,
+        beacons=not (args.no_beacon or only),
+        mdns=not (args.no_mdns or only),
         targets=tuple(_parse_target(t) for t in args.target),
         stun=tuple(_resolve(_parse_target(t, "--stun"), "--stun") for t in args.stun),
         assists=tuple(_resolve(_parse_target(t, "--assist"), "--assist") for t in args.assist),
-        portmap=not args.no_upnp,
-        tcp=not args.no_tcp,
+        portmap=not (args.no_upnp or only),
+        tcp=not (args.no_tcp or only),
+        tor=tor,
     )
     if getattr(args, "offer", None):
         import dataclasses  # noqa: PLC0415
@@ -210,8 +217,10 @@ def _send_inputs(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _daemon(args: argparse.Namespace) -> Any:
-    """The running daemon of this state directory, unless --no-daemon; else None."""
-    if getattr(args, "no_daemon", False):
+    """The running daemon of this state directory, unless --no-daemon; else None.  A
+    command given Tor options runs its own node (the daemon's may not use Tor, and with
+    --tor-only it must not be used)."""
+    if getattr(args, "no_daemon", False) or tor_settings(args) is not None:
         return None
     from p2pd.apiclient import DaemonClient  # noqa: PLC0415
     from p2pd.paths import resolve_state_dir  # noqa: PLC0415
@@ -245,10 +254,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     client = _daemon(args)
     if client is not None:
         session, _ = client.join(passphrase)
-        _delivered_line(args, client.send(session["id"], message, args.timeout))
+        _delivered_line(args, client.send(session["id"], message, args.timeout or DEFAULT_TIMEOUT))
         return EXIT_OK
     node = _make_node(args, passphrase)
-    return int(trio.run(run_send, node, message, args.timeout, Output(args.json)))
+    timeout = args.timeout
+    if timeout is None:
+        timeout = DEFAULT_TIMEOUT if node.config.tor is None else TOR_DEFAULT_TIMEOUT
+    return int(trio.run(run_send, node, message, timeout, Output(args.json)))
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -475,7 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("words", nargs="*", metavar="PASSPHRASE MSG")
     send.add_argument("--passphrase-file", metavar="FILE")
     send.add_argument("--message-file", metavar="FILE", help="send this UTF-8 file as the message")
-    send.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS")
+    send.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"give up after this long (default {DEFAULT_TIMEOUT:.0f} s, "
+        f"{TOR_DEFAULT_TIMEOUT:.0f} s with Tor)",
+    )
     _node_options(send)
     send.set_defaults(handler=cmd_send)
 

@@ -63,7 +63,8 @@ def _run(args: argparse.Namespace, make_body: Any, *, auto_fetch: bool) -> int:
 
     passphrase = _passphrase(args)
     state_dir = _state_dir(args)
-    args.target = [*args.target, *bootstrap.load(state_dir)]
+    if not args.tor_only:  # saved bootstrap peers are direct addresses: not through Tor
+        args.target = [*args.target, *bootstrap.load(state_dir)]
     node = _make_node(args, passphrase)
     del passphrase
     setup = SpaceSetup(

@@ -21,7 +21,7 @@ import trio
 
 from p2pd import messages
 from p2pd.errors import P2pdError
-from p2pd.node import Delivered, MessageIn, Node, PathChanged, PeerDown, PeerUp
+from p2pd.node import Delivered, MessageIn, Node, PathChanged, PeerDown, PeerUp, TorProgress
 
 #: Exit code after SIGTERM (128 + 15, as shells report it).
 EXIT_TERMINATED = 143
@@ -67,7 +67,14 @@ def _peer_up(output: Output, event: PeerUp) -> None:
     )
 
 
-def _path_changed(output: Output, event: PathChanged) -> None:
+def _path_changed(output: Output, event: PathChanged | TorProgress) -> None:
+    if isinstance(event, TorProgress):
+        output.event(
+            {"event": "tor", "state": event.state, "elapsed_ms": round(event.elapsed * 1000, 1)},
+            f"p2pd: tor {event.state.replace('_', ' ')} after {event.elapsed:.1f} s",
+            status=True,
+        )
+        return
     output.event(
         {
             "event": "path",
@@ -156,7 +163,7 @@ async def run_send(node: Node, text: str, timeout: float, output: Output) -> int
                         f"(rtt {event.rtt * 1000:.1f} ms)",
                         status=True,
                     )
-                elif isinstance(event, PathChanged):
+                elif isinstance(event, (PathChanged, TorProgress)):
                     _path_changed(output, event)
                 elif isinstance(event, PeerDown) and event.peer_id == target and not delivered:
                     target = None  # it went away before acknowledging: wait for another
@@ -228,7 +235,7 @@ async def _listen(node: Node, count: int | None, timeout: float | None, output: 
             if isinstance(event, PeerUp):
                 _peer_up(output, event)
                 node.send_message(event.peer_id, messages.hello("listen"))
-            elif isinstance(event, PathChanged):
+            elif isinstance(event, (PathChanged, TorProgress)):
                 _path_changed(output, event)
             elif isinstance(event, MessageIn) and _message(output, event):
                 received += 1
@@ -297,7 +304,7 @@ async def run_chat(node: Node, output: Output, stdin: TextIO = sys.stdin) -> int
                         deliver(event.peer_id, index)
                 elif isinstance(event, MessageIn):
                     _message(output, event)
-                elif isinstance(event, PathChanged):
+                elif isinstance(event, (PathChanged, TorProgress)):
                     _path_changed(output, event)
                 elif isinstance(event, Delivered):
                     key = (event.peer_id, event.message_id)

@@ -8,6 +8,9 @@ whose fault it was, so callers never inspect messages.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class P2pdError(Exception):
     """Root of every error p2pd raises on purpose."""
@@ -46,3 +49,24 @@ class RemoteProtocolError(P2pdError):
 
 class BadFrame(RemoteProtocolError):
     """A packet failed parsing, authentication or a replay/lifetime check."""
+
+
+@contextlib.contextmanager
+def single_errors() -> Iterator[None]:
+    """Raise a nursery's lone error (a LocalError, say) as itself, not in a group, so the
+    command line reports it in one line; several errors stay grouped."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error

@@ -37,8 +37,9 @@ from p2pd.endpoint import (
     PeerLost,
     Rekeyed,
 )
-from p2pd.errors import BadFrame, LocalError
+from p2pd.errors import BadFrame, LocalError, single_errors
 from p2pd.identity import Identity, fingerprint
+from p2pd.node_tor import TorRunner
 from p2pd.node_types import (
     Delivered,
     MessageIn,
@@ -49,6 +50,7 @@ from p2pd.node_types import (
     PeerState,
     PeerUp,
     Tick,
+    TorProgress,
 )
 from p2pd.node_wan import WanPaths
 from p2pd.pathbook import PathBook
@@ -115,6 +117,9 @@ class Node(WanPaths):
         self.port = 0
         #: Random per process: a restarted node (same identity) is told apart by it.
         self.incarnation = os.urandom(INCARNATION_SIZE)
+        #: Tor (None without --tor); the TCP links that carry Tor streams.
+        self.tor: TorRunner | None = None
+        self._tor_links: set[int] = set()
 
     # -- application side -------------------------------------------------------------
 
@@ -155,20 +160,26 @@ class Node(WanPaths):
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, discover and serve until cancelled. ``task_status`` receives the port."""
         now = trio.current_time()
-        self._udp = UdpSocket(self.config.port or self.params.port)
+        config = self.config
+        if self.tor_only:
+            # Nothing may leave outside Tor: the socket only serves the session's loopback
+            # plumbing, on a random port (the derived one would tell a local observer).
+            self._udp = UdpSocket(0, host="127.0.0.1")
+        else:
+            self._udp = UdpSocket(config.port or self.params.port)
         self.port = self._udp.port
         self._endpoint = Endpoint(self.params, self.identity, now=now, path_rank=self.paths.rank)
         self._race = RaceCore(now)
         self._race_started = now
-        config = self.config
+        only = self.tor_only
         self.wan = WanCore(
             self.params,
-            stun=config.stun,
-            assists=config.assists,
-            tcp=config.tcp,
+            stun=() if only else config.stun,
+            assists=() if only else config.assists,
+            tcp=config.tcp and not only,
             now=now,
             wall=time.time(),
-            local=[(str(iface.ip), self.port) for _, iface in ipv4_interfaces(None)],
+            local=[] if only else [(str(i.ip), self.port) for _, i in ipv4_interfaces(None)],
             local_port=self.port,
         )
         self._io = WanIO(
@@ -177,41 +188,65 @@ class Node(WanPaths):
             counters=self.counters,
         )
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                await nursery.start(self._io.run, self.port, config.tcp)
-                nursery.start_soon(self._receive_loop)
-                nursery.start_soon(self._timer_loop)
-                if self.config.beacons:
-                    nursery.start_soon(
-                        run_beacons,
-                        self._udp.send,
-                        self._beacon,
-                        self.params.port,
-                        self.config.interfaces,
-                    )
-                if self.config.mdns:
-                    nursery.start_soon(
-                        run_mdns,
-                        self.params.rendezvous_id,
-                        self.port,
-                        self.config.interfaces,
-                        self._on_lan_candidate,
-                    )
-                for target in config.targets:
-                    self.add_candidate(Candidate(target, "direct", now))
-                if config.targets and config.tcp:
-                    self._tcp_targets_at = now + TCP_TARGET_AFTER
-                for candidate in config.offer:
-                    self.paths.note(candidate.addr, candidate.path)
-                    self.add_candidate(Candidate(candidate.addr, candidate.path, now))
-                self.wan.peer_candidates("offer", [(c.path, c.addr) for c in config.offer], now)
-                if config.portmap:
-                    self._start_portmap()
-                self._kick.set()  # the WAN cores queued their first requests: send them
-                task_status.started(self.port)
+            with single_errors():
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await self._start_tasks(nursery, now)
+                    task_status.started(self.port)
         finally:
             self._udp.close()
+
+    @property
+    def tor_only(self) -> bool:
+        """Whether nothing may leave this node outside Tor (``--tor-only``)."""
+        return self.config.tor is not None and self.config.tor.only
+
+    async def _start_tasks(self, nursery: trio.Nursery, now: float) -> None:
+        assert self._io is not None and self.wan is not None and self._udp is not None
+        config = self.config
+        await nursery.start(self._io.run, self.port, config.tcp and not self.tor_only)
+        nursery.start_soon(self._receive_loop)
+        nursery.start_soon(self._timer_loop)
+        if config.tor is not None:
+            self.tor = TorRunner(
+                self.params,
+                config.tor,
+                on_stream=self._on_tor_stream,
+                needed=self._tor_needed,
+                on_progress=self._emit,
+                counters=self.counters,
+            )
+            nursery.start_soon(self.tor.run)
+        if self.tor_only:
+            self._kick.set()
+            return
+        if self.config.beacons:
+            nursery.start_soon(
+                run_beacons,
+                self._udp.send,
+                self._beacon,
+                self.params.port,
+                self.config.interfaces,
+            )
+        if self.config.mdns:
+            nursery.start_soon(
+                run_mdns,
+                self.params.rendezvous_id,
+                self.port,
+                self.config.interfaces,
+                self._on_lan_candidate,
+            )
+        for target in config.targets:
+            self.add_candidate(Candidate(target, "direct", now))
+        if config.targets and config.tcp:
+            self._tcp_targets_at = now + TCP_TARGET_AFTER
+        for candidate in config.offer:
+            self.paths.note(candidate.addr, candidate.path)
+            self.add_candidate(Candidate(candidate.addr, candidate.path, now))
+        self.wan.peer_candidates("offer", [(c.path, c.addr) for c in config.offer], now)
+        if config.portmap:
+            self._start_portmap()
+        self._kick.set()  # the WAN cores queued their first requests: send them
 
     def _on_lan_candidate(self, addr: Addr) -> None:
         self.add_candidate(Candidate(addr, "lan", trio.current_time()))
@@ -476,6 +511,8 @@ class Node(WanPaths):
 
     def _emit(self, event: NodeEvent) -> None:
         self._send_events.send_nowait(event)
+        if self.tor is not None and isinstance(event, (PeerUp, PeerDown)):
+            self.tor.poke()  # whether a meeting at the onion is needed may have changed
 
 
 #: How every ``cands`` message starts: a 2-entry CBOR map whose first key is "t" = "cands".
@@ -510,5 +547,6 @@ __all__ = [
     "PathChanged",
     "PeerDown",
     "PeerUp",
+    "TorProgress",
     "fingerprint",
 ]

@@ -7,13 +7,20 @@ and none of them needs the node's loops to do so.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from p2pd import messages
 from p2pd.reliable import Channel
 from p2pd.udp import Addr
 from transports.base import Candidate
+from transports.torrc import TorrcValue
+
+#: Seconds after start before Tor joins the race (it is the last resort; a node that has
+#: no peer by then meets at the onion).  Launching tor starts at once: its bootstrap takes
+#: longer than this on the real network.
+TOR_AFTER = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +69,20 @@ class PathChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class TorProgress:
+    """Tor moved on: ``bootstrapped``, ``meeting`` (at the onion), ``met``, ``meet_timeout``;
+    ``elapsed`` seconds since the node started (bootstrapped) or the meeting began."""
+
+    state: str
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Nothing happened to a peer; the application asked to be woken (see Node.kick)."""
 
 
-NodeEvent = PeerUp | MessageIn | Delivered | PeerDown | PathChanged | Tick
+NodeEvent = PeerUp | MessageIn | Delivered | PeerDown | PathChanged | TorProgress | Tick
 
 
 @dataclass(slots=True)
@@ -78,6 +94,19 @@ class PeerState:
     closed: bool = False
     #: The peer process's random id (see Node.incarnation), once it told us.
     incarnation: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TorSettings:
+    """How a node uses Tor: a tor of its own (``control`` None) or an existing one."""
+
+    control: Addr | None = None  # --tor-control: attach instead of launching
+    password: str | None = field(default=None, repr=False)  # control-port password
+    cookie_path: Path | None = None
+    torrc: Mapping[str, TorrcValue] = field(default_factory=dict)  # --tor-config lines
+    only: bool = False  # --tor-only: nothing leaves outside Tor
+    state_dir: Path | None = None  # where a launched tor keeps its data directory
+    after: float = TOR_AFTER  # seconds before meeting (0 with --tor-only)
 
 
 @dataclass(slots=True)
@@ -96,3 +125,5 @@ class NodeConfig:
     offer: Sequence[Candidate] = field(default_factory=tuple)  # from --offer
     #: Only this peer (static public key) is accepted: the hybrid offer's resume token.
     expect_peer: bytes | None = None
+    #: Tor as a path (--tor, --tor-control, --tor-only); None: no Tor.
+    tor: TorSettings | None = None

@@ -1,5 +1,5 @@
 """The node's WAN glue: path labels, the ``cands`` exchange, WAN core events and timers, TCP
-links and the port mapping, as a mixin of :class:`p2pd.node.Node`.
+links, Tor streams and the port mapping, as a mixin of :class:`p2pd.node.Node`.
 
 Why a mixin: these methods act on the node's own state (its peers, race and cores) at the
 same points of its loop, but they are a subject of their own; keeping them here keeps
@@ -18,6 +18,7 @@ import trio
 
 from p2pd import messages, vaddr
 from p2pd.endpoint import Endpoint
+from p2pd.node_tor import TorRunner
 from p2pd.node_types import NodeConfig, NodeEvent, PathChanged, PeerState
 from p2pd.pathbook import PathBook
 from p2pd.reliable import Channel
@@ -28,12 +29,15 @@ from transports.base import Candidate
 from transports.lan import ipv4_interfaces
 from transports.portmap import MAPPED, PortmapStatus, run_portmap
 from transports.racer import RaceCore
+from transports.tor_meet import TorStream
 
 #: While a peer is reached only through a relay, punching is retried this often (a NAT or
 #: firewall may open later; the session then moves to the direct path).
 REPUNCH_INTERVAL: Final = 5.0
 #: How often gather_addresses looks whether discovery has settled.
 GATHER_POLL: Final = 0.05
+#: Paths worth replacing by a punched one: they cost a third party, or are slow.
+UPGRADABLE: Final = frozenset({"relay", "tcp", "tor"})
 
 
 class WanPaths:
@@ -55,6 +59,12 @@ class WanPaths:
     _held: list[tuple[float, Candidate]]
     _repunch_at: float
     _tcp_targets_at: float
+    tor: TorRunner | None
+    _tor_links: set[int]
+
+    @property
+    def tor_only(self) -> bool:
+        raise NotImplementedError
 
     def _emit(self, event: NodeEvent) -> None:
         raise NotImplementedError
@@ -65,6 +75,9 @@ class WanPaths:
     def wan_status(self) -> dict[str, object]:
         """NAT type, port mapping, relays and our public addresses, for ``p2pd status``."""
         status: dict[str, object] = dict(self.wan.status()) if self.wan is not None else {}
+        status["tor_only"] = self.tor_only
+        if self.tor is not None:
+            status["tor"] = self.tor.status()
         if self.portmap is not None:
             mapping = self.portmap
             external = mapping.external
@@ -87,12 +100,15 @@ class WanPaths:
         if path != peer.path:
             old, peer.path = peer.path, path
             self._emit(PathChanged(peer_id, peer.fingerprint, old, path, peer.addr))
-        if path in ("relay", "tcp") and self._repunch_at == math.inf:
+        if path in UPGRADABLE and not self.tor_only and self._repunch_at == math.inf:
             self._repunch_at = trio.current_time() + REPUNCH_INTERVAL
 
     def _own_entries(self) -> list[tuple[str, str, int]]:
-        """Where we can be reached, for ``cands``: public addresses first, then LAN ones."""
+        """Where we can be reached, for ``cands``: public addresses first, then LAN ones;
+        none with ``--tor-only`` (our addresses are what Tor hides)."""
         assert self.wan is not None
+        if self.tor_only:
+            return []
         entries: list[tuple[str, str, int]] = [
             (own.path, own.addr[0], own.addr[1]) for own in self.wan.own_addresses()
         ]
@@ -122,8 +138,12 @@ class WanPaths:
             channel.send_message(messages.cands(entries), now)
 
     def _on_cands(self, peer: PeerState, entries: list[tuple[str, str, int]]) -> None:
-        """The peer's own addresses: connect to mapped ones, punch to all of them."""
+        """The peer's own addresses: connect to mapped ones, punch to all of them (not with
+        ``--tor-only``: a punch probe would tell the peer where we are)."""
         assert self.wan is not None
+        if self.tor_only:
+            self.counters["cands_ignored_tor_only"] += 1
+            return
         now = trio.current_time()
         checked: list[tuple[str, Addr]] = []
         for path, host, port in entries:
@@ -144,7 +164,7 @@ class WanPaths:
     def _on_wan_event(self, event: object, now: float, wall: float) -> None:
         if isinstance(event, NewCandidate):
             self.add_candidate(event.candidate)
-        elif isinstance(event, OwnAddress):
+        elif isinstance(event, OwnAddress) and not self.tor_only:
             # Tell connected peers about a new address of ours (a STUN answer after connect).
             for peer in self.peers.values():
                 if not peer.closed:
@@ -174,7 +194,7 @@ class WanPaths:
                     self.add_candidate(candidate)
         if now >= self._repunch_at:
             self._repunch_at = math.inf
-            if any(p.path in ("relay", "tcp") for p in self.peers.values()):
+            if any(p.path in UPGRADABLE for p in self.peers.values()):
                 self.wan.repunch(now)
                 self._repunch_at = now + REPUNCH_INTERVAL
         if now >= self._tcp_targets_at:
@@ -200,6 +220,10 @@ class WanPaths:
         if self._endpoint is None or self.wan is None:
             return
         now, wall = trio.current_time(), time.time()
+        if link in self._tor_links:
+            self._endpoint.receive_datagram(data, vaddr.tor_addr(link), now, wall)
+            self._kick.set()
+            return
         inner = self.wan.receive_tcp(link, data, now, wall)
         if inner is None:
             self._endpoint.receive_datagram(data, vaddr.tcp_addr(link), now, wall)
@@ -209,8 +233,30 @@ class WanPaths:
         self._kick.set()
 
     def _on_link_closed(self, link: int) -> None:
-        if self.wan is not None:
+        if link in self._tor_links:
+            self._tor_links.discard(link)
+            if self.tor is not None:
+                self.tor.poke()
+        elif self.wan is not None:
             self.wan.link_closed(link)
+
+    def _on_tor_stream(self, found: TorStream) -> None:
+        """The meeting at the onion gave a stream to the other peer: run it as a link; the
+        end that connected starts the handshake on it."""
+        assert self._io is not None
+        link = self._io.tcp.adopt(found.stream, inbound=not found.outbound)
+        if link is None:
+            self.counters["tor_link_refused"] += 1
+            return
+        self._tor_links.add(link)
+        if found.outbound:
+            self.add_candidate(Candidate(vaddr.tor_addr(link), "tor", trio.current_time()))
+        self._kick.set()
+
+    def _tor_needed(self) -> bool:
+        """Meet at the onion only while nothing else connects us and no Tor stream is open."""
+        live = any(not peer.closed for peer in self.peers.values())
+        return not live and not self._tor_links
 
     def _start_portmap(self) -> None:
         """Ask the gateway for a mapping of our port (UDP and TCP), kept until cancelled."""

@@ -5,7 +5,7 @@ Why a book: an address can be learned several ways (a punched check, the peer's 
 saying it is a port mapping, a LAN beacon), and the label must not depend on which came
 first.  Each address keeps the best label it was given (lowest :data:`transports.base.
 PATH_RANK`).  A local-scope address is always ``lan``, a public one never labelled is
-``direct``; virtual addresses are labelled by their transport (``relay``/``tcp``).
+``direct``; virtual addresses are labelled by their transport (``relay``/``tcp``/``tor``).
 
 A direct UDP session is reported as ``mapped`` whenever a gateway port mapping carries it:
 the peer said the address is its mapping, or we hold a mapping ourselves and the peer's
@@ -81,5 +81,9 @@ class PathBook:
         return path
 
     def rank(self, addr: Addr) -> int:
-        """Roaming rank: real addresses are equals (plain roaming), virtual ones worse."""
-        return PATH_RANK["relay"] if vaddr.is_virtual(addr) else 0
+        """Roaming rank: real addresses are equals (plain roaming), virtual ones worse, and a
+        Tor stream worst (the slowest path, kept only while nothing else works)."""
+        target = vaddr.parse(addr)
+        if target is None:
+            return 0
+        return PATH_RANK["tor" if isinstance(target, vaddr.TorPath) else "relay"]

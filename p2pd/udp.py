@@ -120,6 +120,8 @@ class UdpSocket:
         self.sock, self.dual_stack = self._open()
         self._tune()
         bind_host = host or ("::" if self.dual_stack else "0.0.0.0")  # noqa: S104  (a peer-to-peer node listens on all interfaces)
+        if host and self.dual_stack and ":" not in host:
+            bind_host = "::ffff:" + host  # an IPv4 address on the dual-stack socket
         try:
             self.sock.bind((bind_host, port))
         except OSError as exc:

@@ -12,6 +12,7 @@ Layout (eight 16-bit groups)::
 
     100:0:0:0:7:R:S_hi:S_lo   relay number R, 32-bit slot S
     100:0:0:0:6:0:L_hi:L_lo   TCP link L (32-bit)
+    100:0:0:0:5:0:L_hi:L_lo   Tor stream L (a TCP link id: the stream is framed the same way)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ VIRTUAL_NETWORK: Final = ipaddress.IPv6Network("100::/64")
 VIRTUAL_PORT: Final = 1
 _RELAY_KIND: Final = 7
 _TCP_KIND: Final = 6
+_TOR_KIND: Final = 5
 _U16: Final = 0xFFFF
 _U32: Final = 0xFFFF_FFFF
 
@@ -40,6 +42,13 @@ class RelayPath:
 
 @dataclass(frozen=True, slots=True)
 class TcpPath:
+    link: int
+
+
+@dataclass(frozen=True, slots=True)
+class TorPath:
+    """A stream through Tor, carried as TCP link ``link``."""
+
     link: int
 
 
@@ -62,7 +71,14 @@ def tcp_addr(link: int) -> Addr:
     return _make(_TCP_KIND, 0, link)
 
 
-def parse(addr: Addr) -> RelayPath | TcpPath | None:
+def tor_addr(link: int) -> Addr:
+    """The virtual address of the Tor stream carried as TCP link ``link``."""
+    if not 0 <= link <= _U32:
+        raise LocalError(f"Tor link {link} out of range")
+    return _make(_TOR_KIND, 0, link)
+
+
+def parse(addr: Addr) -> RelayPath | TcpPath | TorPath | None:
     """What a virtual address names; None for a real address."""
     host = addr[0]
     if not host.startswith("100:") or addr[1] != VIRTUAL_PORT:
@@ -79,6 +95,8 @@ def parse(addr: Addr) -> RelayPath | TcpPath | None:
         return RelayPath(middle, low)
     if kind == _TCP_KIND and middle == 0:
         return TcpPath(low)
+    if kind == _TOR_KIND and middle == 0:
+        return TorPath(low)
     return None
 
 

@@ -228,7 +228,7 @@ class WanCore:
     def outbound(self, data: bytes, addr: Addr) -> tuple[bytes, Route] | None:
         """How to send a p2pd datagram to a virtual address; None if the path is gone."""
         target = vaddr.parse(addr)
-        if isinstance(target, vaddr.TcpPath):
+        if isinstance(target, (vaddr.TcpPath, vaddr.TorPath)):
             return data, TcpRoute(target.link)
         if target is None:
             return data, UdpRoute(addr)
@@ -243,10 +243,12 @@ class WanCore:
         return relay.tcp.wrap(target.slot, data), TcpRoute(relay.tcp_link)
 
     def path_of(self, addr: Addr) -> Path | None:
-        """``relay`` or ``tcp`` for a virtual address, None for a real one."""
+        """``relay``, ``tcp`` or ``tor`` for a virtual address, None for a real one."""
         target = vaddr.parse(addr)
         if target is None:
             return None
+        if isinstance(target, vaddr.TorPath):
+            return "tor"
         if isinstance(target, vaddr.TcpPath):
             return "tcp"
         return "tcp" if target.relay % 2 == _TCP else "relay"

@@ -93,11 +93,13 @@ HELLO_SIZE = len(HELLO_MAGIC) + NONCE_SIZE
 ACCEPT = b"p2pA"
 
 #: A node that reached itself waits this long (plus jitter) for the other peer to come in:
-#: long enough for the other's connect through Tor (a few circuit builds, ~5-15 s).
-SELF_WAIT = 20.0
+#: long enough for the other's connect through Tor (a few circuit builds, ~5-15 s; the wait
+#: is 8-16 s with jitter).  Shorter than it was (20 s) since a node that reached itself
+#: also purges tor's descriptor cache (NEWNYM): its next try sees what the HSDirs hold now.
+SELF_WAIT = 8.0
 #: A node that withdrew its service only connects for this long (plus jitter) before
-#: publishing again: tor needs an intro failure and a descriptor refetch.
-WITHDRAW_TIME = 20.0
+#: publishing again: its tor refetches the descriptor (cache purged) and finds the other's.
+WITHDRAW_TIME = 12.0
 #: First retry delay after a failed connect; doubles per failure.
 RETRY_BASE = 2.0
 #: Longest retry delay after failed connects: descriptor uploads take seconds.

@@ -167,7 +167,7 @@ class TcpLinks:
                     self.counters["accept_failed"] += 1
                     await trio.sleep(ACCEPT_BACKOFF)
                     continue
-                self._adopt(stream, inbound=True)
+                self.adopt(stream, inbound=True)
 
     @staticmethod
     async def _listen(port: int, host: str | None) -> trio.socket.SocketType:
@@ -214,7 +214,7 @@ class TcpLinks:
         if stream is None:
             self.counters["connect_timeout"] += 1
             return None
-        return self._adopt(stream, inbound=False)
+        return self.adopt(stream, inbound=False)
 
     def _allocate_id(self) -> int:
         while self._next_id in self._links:
@@ -223,8 +223,10 @@ class TcpLinks:
         self._next_id = self._next_id % MAX_LINK_ID + 1
         return link_id
 
-    def _adopt(self, stream: trio.SocketStream, *, inbound: bool) -> int | None:
-        """Register a connected stream as a link and start its task; None if refused."""
+    def adopt(self, stream: trio.SocketStream, *, inbound: bool) -> int | None:
+        """Register a connected stream as a link and start its task; None if refused.
+
+        Streams opened elsewhere (a Tor stream past its meeting) become links this way."""
         nursery = self._nursery
         full = len(self._links) >= self.max_links
         try:

@@ -56,14 +56,14 @@ import stem
 import stem.connection
 import stem.process
 import trio
+from stem import Signal
 from stem.control import Controller, EventType, Listener
 
 from p2pd.errors import LocalError, P2pdError
 from p2pd.paths import STATE_DIR_MODE, ensure_state_dir
 from transports.base import Addr
-from transports.onion import (
-    KEY_TYPE,
-)
+from transports.onion import KEY_TYPE
+from transports.torrc import TorrcValue
 
 #: Where the user finds tor when it is missing.
 INSTALL_HINT = "install tor: Debian/Ubuntu `apt install tor`, macOS `brew install tor`"
@@ -111,8 +111,6 @@ SOCKS_REPLIES = {
     0xF7: "onion_intro_timed_out",
 }
 _ADDRESS_SIZES = {SOCKS_ATYP_IPV4: 4, SOCKS_ATYP_IPV6: 16}
-
-TorrcValue = str | list[str]
 
 
 class TorMissingError(LocalError):
@@ -443,6 +441,11 @@ class TorLauncher:
             return
         self._services.discard(service_id)
         await self._call(self._require_controller().remove_ephemeral_hidden_service, service_id)
+
+    async def forget_descriptors(self) -> None:
+        """Make tor fetch onion descriptors afresh (NEWNYM purges its client-side onion
+        cache; tor rate-limits it to one per 10 s).  Only new streams are affected."""
+        await self._call(self._require_controller().signal, Signal.NEWNYM)
 
     def require_socks(self) -> Addr:
         """tor's SOCKS address; LocalError before the launcher was entered."""

@@ -9,12 +9,12 @@ import contextlib
 import random
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
-from p2pd.errors import BadFrame
+from p2pd.errors import BadFrame, single_errors
 from transports.onion import (
     ACCEPT,
     HELLO_SIZE,
@@ -176,6 +176,9 @@ async def _seek(meeting: _Meeting, tor: TorLauncher) -> None:
         meeting.counters[plan.action.value] += 1
         if plan.action is Action.DONE:
             return
+        # Whatever tor fetched led nowhere useful (our own service, or intro points that
+        # are gone): the next attempt should look at the HSDirs again.
+        await tor.forget_descriptors()
         if plan.action is not Action.WITHDRAW:
             await _pause(meeting, plan.delay)
             continue
@@ -187,30 +190,11 @@ async def _seek(meeting: _Meeting, tor: TorLauncher) -> None:
         while not meeting.first.is_set() and trio.current_time() < deadline:
             if await _attempt(meeting, tor) is Outcome.OTHER:
                 return
+            await tor.forget_descriptors()
             await _pause(meeting, RETRY_BASE * (1.0 + jitter()))
         if not meeting.first.is_set():
             await _publish(meeting, tor)
             selfs = 0
-
-
-@contextlib.contextmanager
-def _single_errors() -> Iterator[None]:
-    """Raise a nursery's lone error (a TorControlError, say) as itself, not in a group."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
 
 
 async def meet(
@@ -237,7 +221,7 @@ async def meet(
     try:
         # Attempts in flight and hellos being answered are never cancelled (each is
         # bounded): a stream one end counted is then counted by the other end too.
-        with _single_errors():
+        with single_errors():
             async with trio.open_nursery() as nursery:
                 accepting = trio.CancelScope()
 

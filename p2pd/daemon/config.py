@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pd.cli_tor import tor_settings
 from p2pd.errors import LocalError
 from p2pd.node import NodeConfig
 from p2pd.udp import Addr
@@ -216,16 +217,21 @@ def load(args: argparse.Namespace) -> DaemonConfig:
     tcp = _typed(node_table, "tcp", bool, "node")
     mdns = _typed(node_table, "mdns", bool, "node")
     beacons = _typed(node_table, "beacons", bool, "node")
+    tor = tor_settings(args)
+    only = tor is not None and tor.only
+    if only and (targets_text or stun_text or assist_text):
+        raise ConfigError("config: --tor-only sends nothing outside Tor: drop targets/stun/assists")
     node = NodeConfig(
         port=getattr(args, "port", None) or _typed(node_table, "port", int, "node"),
         interfaces=interfaces,
-        mdns=not getattr(args, "no_mdns", False) and mdns is not False,
-        beacons=not getattr(args, "no_beacon", False) and beacons is not False,
+        mdns=not (getattr(args, "no_mdns", False) or only) and mdns is not False,
+        beacons=not (getattr(args, "no_beacon", False) or only) and beacons is not False,
         targets=tuple(_parse_target(t) for t in targets_text),
         stun=tuple(_parse_target(t) for t in stun_text),
         assists=tuple(_parse_target(t) for t in assist_text),
-        portmap=not getattr(args, "no_upnp", False) and upnp is not False,
-        tcp=not getattr(args, "no_tcp", False) and tcp is not False,
+        portmap=not (getattr(args, "no_upnp", False) or only) and upnp is not False,
+        tcp=not (getattr(args, "no_tcp", False) or only) and tcp is not False,
+        tor=tor,
     )
     return DaemonConfig(
         api=api,

@@ -369,6 +369,14 @@ class TorNet:
                 "VanguardsLiteEnabled 0",
                 f"CircuitBuildTimeout {CIRCUIT_BUILD_TIMEOUT}"]  # fmt: skip
 
+    def write_p2pd_torrc(self, path: Path) -> Path:
+        """A ``p2pd --tor-config`` file: a client's options without the ports and the
+        authentication p2pd sets itself on the tor it launches."""
+        reserved = ("SocksPort ", "ControlPort ", "CookieAuthentication ")
+        lines = [line for line in self.client_lines() if not line.startswith(reserved)]
+        path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        return path
+
     def _relay_lines(self, or_port: int, dir_port: int) -> list[str]:
         resolv = self.directory / "resolv.conf"
         if not resolv.exists():

@@ -1,0 +1,151 @@
+"""Two ``p2pd`` processes that share only a passphrase meet through a private Tor network.
+
+Each process launches its own tor (``--tor-config`` points it at the lab's authorities) and
+meets the other at the onion derived from the passphrase: no address, no offer, no assist.
+LAN discovery is off, so Tor is the only way they can find each other.  Nothing here ever
+dials the real Tor network (tests/netlab/tornet.py builds the network offline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Procs, fresh_passphrase
+from tests.netlab import tornet
+
+#: No LAN beacon, no mDNS, no gateway: the processes can meet only through Tor.
+NO_LAN = ("--interface", "lo", "--no-mdns", "--no-beacon", "--no-upnp")
+#: Seconds a process gets: its tor bootstraps (7-26 s here), then the meeting (5-90 s).
+TIMEOUT = 240
+#: The large message: 5 MiB (issue 6).
+BIG = 5 * 1024 * 1024
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set, so the Tor network must run, but: {reason}", pytrace=False)
+    pytest.skip(reason=reason)
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[tornet.TorNet]:
+    reason = tornet.tor_missing_reason()
+    if reason is not None:
+        _skip_or_fail(reason)
+    with tornet.TorNet() as network:
+        yield network
+
+
+@pytest.fixture
+def torrc(net: tornet.TorNet, tmp_path: Path) -> Path:
+    return net.write_p2pd_torrc(tmp_path / "torrc")
+
+
+def _events(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def _send(procs: Procs, name: str, phrase: str, torrc: Path, *extra: str) -> subprocess.Popen[str]:
+    return procs.start(
+        name,
+        "send",
+        *extra,
+        "--json",
+        "--tor-config",
+        str(torrc),
+        "--timeout",
+        str(TIMEOUT),
+        *NO_LAN,
+        env={"P2PD_PASSPHRASE": phrase},
+    )
+
+
+def test_started_at_the_same_instant_they_meet_over_tor_and_talk_both_ways(
+    procs: Procs, torrc: Path
+) -> None:
+    """``--tor``: both start together, connect on path ``tor``, each gets the other's
+    message.  On one host their candidates (loopback) then let the session move off Tor."""
+    phrase = fresh_passphrase()
+    a = _send(procs, "a", phrase, torrc, "--tor", "from a")
+    b = _send(procs, "b", phrase, torrc, "--tor", "from b")
+    results = {
+        name: procs.finish(proc, timeout=TIMEOUT + 30) for name, proc in (("a", a), ("b", b))
+    }
+    for name, (rc, _out, err) in results.items():
+        assert rc == 0, f"{name}: {err}"
+    for name, other in (("a", "b"), ("b", "a")):
+        events = _events(results[name][1])
+        connected = [e for e in events if e["event"] == "connected"]
+        assert connected and connected[0]["path"] == "tor", events
+        messages = [e for e in events if e["event"] == "message"]
+        assert [m["text"] for m in messages] == [f"from {other}"], events
+        assert any(e["event"] == "delivered" for e in events), events
+
+
+def test_tor_only_carries_five_mib_intact(procs: Procs, torrc: Path, tmp_path: Path) -> None:
+    """``--tor-only``: the session never leaves Tor, and 5 MiB arrive byte for byte."""
+    phrase = fresh_passphrase()
+    blob = tmp_path / "big.txt"
+    # Text (the message is UTF-8): random hex, so nothing along the way could compress it.
+    blob.write_text(os.urandom(BIG // 2).hex(), encoding="utf-8")
+    receiver = procs.start(
+        "r",
+        "listen",
+        "--json",
+        "--tor-only",
+        "--tor-config",
+        str(torrc),
+        "--count",
+        "1",
+        "--timeout",
+        str(TIMEOUT),
+        env={"P2PD_PASSPHRASE": phrase},
+    )
+    sender = procs.start(
+        "s",
+        "send",
+        "--json",
+        "--tor-only",
+        "--tor-config",
+        str(torrc),
+        "--timeout",
+        str(TIMEOUT),
+        "--message-file",
+        str(blob),
+        env={"P2PD_PASSPHRASE": phrase},
+    )
+    rc_s, out_s, err_s = procs.finish(sender, timeout=TIMEOUT + 60)
+    rc_r, out_r, err_r = procs.finish(receiver, timeout=TIMEOUT + 60)
+    assert rc_s == 0, err_s
+    assert rc_r == 0, err_r
+    sent = _events(out_s)
+    assert {e["path"] for e in sent if e["event"] in ("connected", "delivered")} == {"tor"}
+    assert not [e for e in sent if e["event"] == "path"], sent
+    got = [e for e in _events(out_r) if e["event"] == "message"]
+    assert len(got) == 1
+    digest = hashlib.sha256(got[0]["text"].encode()).hexdigest()
+    assert digest == hashlib.sha256(blob.read_bytes()).hexdigest()
+
+
+def test_tor_only_refuses_options_that_leave_tor(procs: Procs) -> None:
+    rc, _, err = procs.finish(
+        procs.start(
+            "x",
+            "send",
+            "--tor-only",
+            "--target",
+            "127.0.0.1:9",
+            "m",
+            env={"P2PD_PASSPHRASE": fresh_passphrase()},
+        )
+    )
+    assert rc == 2
+    assert err.strip() == "p2pd: error: --tor-only sends nothing outside Tor: drop --target"
