@@ -51,8 +51,11 @@ def _passphrase(args: argparse.Namespace) -> str:
 
 def cmd_derive(args: argparse.Namespace) -> int:
     from p2pd.derive import derive  # noqa: PLC0415
+    from transports.onion import OnionIdentity  # noqa: PLC0415
 
-    public = derive(_passphrase(args)).public()
+    params = derive(_passphrase(args))
+    # Public like the port: both peers publish and dial it (see transports.onion).
+    public = {**params.public(), "onion": OnionIdentity.from_seed(params.onion_seed).address}
     text = "\n".join(f"{key}: {value}" for key, value in public.items())
     _emit(args, public, text)
     return EXIT_OK
@@ -350,6 +353,11 @@ def _wan_line(wan: dict[str, Any]) -> str:
     if relays:
         up = sum(1 for r in relays if r.get("udp") or r.get("tcp"))
         parts.append(f"assists {up}/{len(relays)} registered")
+    tor = wan.get("tor") or {}
+    if wan.get("tor_only"):
+        parts = [f"Tor only (nothing leaves outside Tor), tor {tor.get('state')}"]
+    elif tor:
+        parts.append(f"tor {tor.get('state')}")
     return ", ".join(parts)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from transports.onion import OnionIdentity
+
 SECRET = "correct horse battery staple"
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "derive.json").read_text("utf-8"))
 
@@ -38,6 +40,10 @@ def test_derive_json_is_public_and_matches_the_vectors() -> None:
     assert obj["port"] == vector["port"]
     assert obj["rendezvous_id"] == vector["rendezvous_id"]
     assert obj["space_id"] == vector["space_id"]
+    # The onion both peers meet at is the address of the vector's onion seed (RFC 8032 key).
+    seed = bytes.fromhex(vector["onion_seed"])
+    assert obj["onion"] == OnionIdentity.from_seed(seed).address
+    assert len(obj["onion"]) == 56 + len(".onion")
     for name in ("psk", "tag_key", "mac1_key", "space_key", "onion_seed"):
         assert vector[name] not in result.stdout + result.stderr
     assert SECRET not in result.stdout + result.stderr
