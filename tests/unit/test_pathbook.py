@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from p2pd.pathbook import PathBook, is_local
-from p2pd.vaddr import relay_addr, tcp_addr
+from p2pd.vaddr import relay_addr, tcp_addr, tor_addr
 
 PUBLIC = ("203.0.113.12", 40000)
 
@@ -37,6 +37,15 @@ def test_virtual_addresses_take_their_transport_label() -> None:
     assert book.label(relay_addr(0, 9), "relay") == "relay"
     assert book.label(tcp_addr(3), "tcp") == "tcp"
     assert book.rank(relay_addr(0, 9)) > book.rank(PUBLIC)
+
+
+def test_a_tor_stream_ranks_below_every_other_path() -> None:
+    """Ranked roaming leaves Tor for anything else at once, and never goes back to it
+    while another path lives."""
+    book = PathBook()
+    assert book.label(tor_addr(3), "tor") == "tor"
+    worst_other = max(book.rank(a) for a in (PUBLIC, relay_addr(0, 9), tcp_addr(3)))
+    assert book.rank(tor_addr(3)) > worst_other
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,12 @@ from p2pd.vaddr import (
     VIRTUAL_NETWORK,
     RelayPath,
     TcpPath,
+    TorPath,
     is_virtual,
     parse,
     relay_addr,
     tcp_addr,
+    tor_addr,
 )
 
 u16 = st.integers(min_value=0, max_value=0xFFFF)
@@ -34,6 +36,13 @@ def test_relay_addresses_round_trip(relay: int, slot: int) -> None:
 @given(u32)
 def test_tcp_addresses_round_trip(link: int) -> None:
     assert parse(tcp_addr(link)) == TcpPath(link)
+
+
+@given(u32)
+def test_tor_addresses_round_trip_apart_from_tcp_links(link: int) -> None:
+    """A Tor stream is carried as a TCP link, but its address names Tor."""
+    assert parse(tor_addr(link)) == TorPath(link)
+    assert tor_addr(link) != tcp_addr(link)
 
 
 def test_relay_and_tcp_addresses_differ() -> None:
@@ -53,6 +62,8 @@ def test_out_of_range_is_a_local_error() -> None:
         relay_addr(0x1_0000, 0)
     with pytest.raises(LocalError):
         tcp_addr(-1)
+    with pytest.raises(LocalError):
+        tor_addr(2**32)
 
 
 def test_the_rate_limiter_accepts_virtual_sources() -> None:
