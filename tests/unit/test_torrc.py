@@ -33,7 +33,7 @@ def test_lines_comments_and_repeats() -> None:
     }
 
 
-@pytest.mark.parametrize("key", sorted(RESERVED) + ["SOCKSPort", "DataDirectory"])
+@pytest.mark.parametrize("key", [*sorted(RESERVED), "SOCKSPort", "DataDirectory"])
 def test_options_p2pd_sets_itself_are_refused_with_the_line(key: str) -> None:
     with pytest.raises(LocalError, match=r"^f:2: p2pd sets .* itself; remove that line$"):
         parse_torrc(f"Log notice stdout\n{key} 9050\n", source="f")
@@ -46,7 +46,7 @@ def test_garbage_is_one_clear_line() -> None:
 
 def test_an_unreadable_file_names_itself(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(LocalError, match="cannot read tor config .*nope"):
+    with pytest.raises(LocalError, match=r"cannot read tor config .*nope"):
         read_torrc(missing)
 
 
