@@ -13,12 +13,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import re
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from nacl.signing import SigningKey
 from stem.control import Controller
 
 from .lab import Lab
-from .nodes import Host
+from .nftwatch import outbound_counts, send_canary, watch_outbound
 from .tornet import TorClient, TorNet, TorNetError, tor_missing_reason
 
 #: "Well under a minute" (issue 6), with room for a slow CI machine; measured 7-19 s here.
@@ -45,11 +44,6 @@ SOCKS_REPLY_LEN = 10
 #: v3 onion address version byte and checksum label (rend-spec-v3, "Encoding onion addresses").
 ONION_VERSION = b"\x03"
 ONION_CHECKSUM_LABEL = b".onion checksum"
-#: A TEST-NET-1 address: the canary packet sent toward the dummy route proves the counter works.
-CANARY_ADDRESS = "192.0.2.1"
-DISCARD_PORT = 9
-#: The sink gateway's made-up MAC address (locally administered).
-SINK_MAC = "02:00:00:00:00:02"
 
 
 def require_tor() -> None:
@@ -216,37 +210,6 @@ def test_onion_address_of_a_published_service_round_trips() -> None:
     assert onion_address(public_key) == onion
 
 
-def watch_outbound(lab: Lab, host: Host, sink: int, allowed: Sequence[str]) -> None:
-    """Route host's default into a counted sink and count what leaves for anyone not allowed.
-
-    The sink is a veth pair with both ends inside the namespace (no dummy module on every
-    kernel) and a static neighbour for the gateway (no ARP): a packet to any address
-    outside the lab would be routed there and counted, never delivered. One IPv4 canary to
-    TEST-NET-1 proves the counter sees what tor would send.
-    """
-    address, gateway = f"10.66.{sink}.1", f"10.66.{sink}.2"
-    lab.check_output(host, ["ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1"])
-    lab.check_output(host, ["ip", "addr", "add", f"{address}/24", "dev", "d0"])
-    for ifname in ("d0", "d1"):  # no IPv6 autoconfiguration chatter (DAD, RS, MLD)
-        lab.sysctl(host, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
-        lab.check_output(host, ["ip", "link", "set", ifname, "up"])
-    lab.check_output(host, ["ip", "neigh", "add", gateway, "lladdr", SINK_MAC, "dev", "d0"])
-    lab.check_output(host, ["ip", "route", "add", "default", "via", gateway])
-    lab.nft(host, "table inet watch {\n chain out {\n type filter hook output priority 0;\n"
-                  f' oifname != "lo" ip daddr != {{ {", ".join(allowed)} }} counter\n'
-                  ' oifname != "lo" meta nfproto ipv6 meta l4proto != ipv6-icmp counter\n'
-                  " }\n}\n")  # fmt: skip
-    canary = (
-        f"import socket; socket.socket(2, 2).sendto(b'x', ({CANARY_ADDRESS!r}, {DISCARD_PORT}))"
-    )
-    lab.check_output(host, ["python3", "-c", canary])
-
-
-def outbound_counts(lab: Lab, host: Host) -> list[str]:
-    ruleset = lab.check_output(host, ["nft", "list", "table", "inet", "watch"])
-    return re.findall(r"counter packets (\d+) ", ruleset)
-
-
 def test_nothing_but_the_network_is_dialed(lab: Lab) -> None:
     """The network in one namespace, a client in another (as a p2pd node's tor in issue 6's
     --tor-only test): both bootstrap, and neither sends one packet to anyone but the other."""
@@ -256,11 +219,15 @@ def test_nothing_but_the_network_is_dialed(lab: Lab) -> None:
     relays_ip, node_ip = lab.attach(relays, segment, "10.66.0.1"), lab.attach(node, segment)
     watch_outbound(lab, relays, 1, [relays_ip, node_ip])
     watch_outbound(lab, node, 2, [relays_ip])
+    for host in (relays, node):
+        send_canary(lab, host)
     with TorNet(address=relays_ip, netns=relays.netns) as net:
         client = net.add_client("n", netns=node.netns)
         assert client.cookie_path.exists()
         assert net.bootstrap_seconds is not None
         print(f"namespaced network bootstrapped in {net.bootstrap_seconds:.1f} s")
     assert not any(running(pid) for pid in net.pids.values())
-    assert outbound_counts(lab, relays) == ["1", "0"]  # the IPv4 canary, nothing from tor
-    assert outbound_counts(lab, node) == ["1", "0"]
+    for host in (relays, node):
+        counts = outbound_counts(lab, host)
+        assert (counts["leaked"], counts["leaked6"]) == (1, 0), counts  # the canary alone
+        assert counts["allowed"] > 0, counts  # the client did reach the network
