@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from p2pd import __version__
@@ -31,6 +32,9 @@ STOP_WAIT = 10.0
 DEFAULT_TIMEOUT = 60.0
 #: The same with Tor: bootstrapping takes 10-30 s, a meeting at the onion 5-90 s.
 TOR_DEFAULT_TIMEOUT = 300.0
+#: Seconds a ``send --invite`` gets past the invite's expiry (a connect in the last moment
+#: still needs its handshake); the joiner stops *connecting* at the expiry.
+INVITE_GRACE = 60.0
 #: Words in a passphrase made by ``p2pd phrase``: 5 x 12.9 = 64.6 bits.
 DEFAULT_PHRASE_WORDS = 5
 #: Fewest words ``p2pd phrase`` makes: 4 x 12.9 = 51.7 bits, still above the strength floor.
@@ -152,15 +156,16 @@ def _parse_target(
     return host.strip("[]"), int(port)
 
 
-def _make_node(args: argparse.Namespace, passphrase: str) -> Any:
+def _make_node(args: argparse.Namespace, passphrase: str | None, *, invite: Any = None) -> Any:
+    """The node of ``passphrase``, or of ``invite`` (``(Params, TorInvite)``: Tor only)."""
     from p2pd.derive import derive  # noqa: PLC0415
     from p2pd.identity import load_or_create  # noqa: PLC0415
     from p2pd.node import Node, NodeConfig  # noqa: PLC0415
     from p2pd.paths import resolve_state_dir  # noqa: PLC0415
 
-    tor = tor_settings(args)
+    tor = tor_settings(args, None if invite is None else invite[1])
     only = tor is not None and tor.only
-    params = derive(passphrase)
+    params = invite[0] if invite is not None else derive(passphrase or "")
     identity = load_or_create(resolve_state_dir(args.state_dir))
     config = NodeConfig(
         port=args.port,
@@ -187,6 +192,48 @@ def _make_node(args: argparse.Namespace, passphrase: str) -> Any:
     return Node(params, identity, config)
 
 
+def _joined(args: argparse.Namespace) -> Any:
+    """``(Params, TorInvite)`` of ``--invite`` (``-`` reads it from stdin), or None."""
+    text = getattr(args, "invite", None)
+    if text is None:
+        return None
+    import time  # noqa: PLC0415
+
+    from p2pd.invite import parse_invite_untrusted  # noqa: PLC0415
+    from p2pd.node_types import TorInvite  # noqa: PLC0415
+
+    if getattr(args, "passphrase", None) or getattr(args, "passphrase_file", None):
+        raise LocalError("--invite replaces the passphrase: drop the passphrase")
+    if text == "-":
+        text = sys.stdin.readline()
+    invite = parse_invite_untrusted(text, now_wall=time.time())
+    return invite.params(), TorInvite(address=invite.address, expires_at=invite.expires_at)
+
+
+def _invite_message(args: argparse.Namespace) -> str:
+    """The message of ``send --invite``: MSG, --message-file, or stdin."""
+    words: list[str] = args.words
+    if len(words) > 1:
+        raise LocalError("send --invite takes one MSG (no passphrase); quote spaces")
+    if args.message_file is not None:
+        if words:
+            raise LocalError("give the message either as MSG or with --message-file, not both")
+        return _read_message_file(args.message_file)
+    if words:
+        return words[0]
+    if args.invite != "-" and not sys.stdin.isatty():
+        return sys.stdin.read()
+    raise LocalError("send needs a message: p2pd send --invite INVITE MSG")
+
+
+def _read_message_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LocalError(f"cannot read message file {path}: {exc}") from None
+
+
 def _send_inputs(args: argparse.Namespace) -> tuple[str, str]:
     """(passphrase, message) from ``send``'s positionals and the other sources."""
 
@@ -194,11 +241,7 @@ def _send_inputs(args: argparse.Namespace) -> tuple[str, str]:
 
     words: list[str] = args.words
     if args.message_file is not None:
-        try:
-            with open(args.message_file, encoding="utf-8") as handle:
-                from_file = handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LocalError(f"cannot read message file {args.message_file}: {exc}") from None
+        from_file = _read_message_file(args.message_file)
         if len(words) > 1:
             raise LocalError("give the message either as MSG or with --message-file, not both")
         phrase_arg = words[0] if words else None
@@ -222,8 +265,10 @@ def _send_inputs(args: argparse.Namespace) -> tuple[str, str]:
 def _daemon(args: argparse.Namespace) -> Any:
     """The running daemon of this state directory, unless --no-daemon; else None.  A
     command given Tor options runs its own node (the daemon's may not use Tor, and with
-    --tor-only it must not be used)."""
-    if getattr(args, "no_daemon", False) or tor_settings(args) is not None:
+    --tor-only it must not be used); so does one with an invite."""
+    if getattr(args, "no_daemon", False) or getattr(args, "invite", None) is not None:
+        return None
+    if tor_settings(args) is not None:
         return None
     from p2pd.apiclient import DaemonClient  # noqa: PLC0415
     from p2pd.paths import resolve_state_dir  # noqa: PLC0415
@@ -253,6 +298,15 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     from p2pd.commands import Output, run_send  # noqa: PLC0415
 
+    joined = _joined(args)
+    if joined is not None:
+        import time  # noqa: PLC0415
+
+        message = _invite_message(args)
+        node = _make_node(args, None, invite=joined)
+        remaining = max(0.0, joined[1].expires_at - time.time())
+        timeout = args.timeout if args.timeout is not None else remaining + INVITE_GRACE
+        return int(trio.run(run_send, node, message, timeout, Output(args.json)))
     passphrase, message = _send_inputs(args)
     client = _daemon(args)
     if client is not None:
@@ -271,6 +325,10 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     from p2pd.commands import Output, run_listen  # noqa: PLC0415
 
+    joined = _joined(args)
+    if joined is not None:
+        node = _make_node(args, None, invite=joined)
+        return int(trio.run(run_listen, node, args.count, args.timeout, Output(args.json)))
     passphrase = _passphrase(args)
     client = _daemon(args)
     if client is not None:
@@ -384,7 +442,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     from p2pd.commands import Output, run_chat  # noqa: PLC0415
 
-    node = _make_node(args, _passphrase(args))
+    joined = _joined(args)
+    node = _make_node(args, None if joined else _passphrase(args), invite=joined)
     return int(trio.run(run_chat, node, Output(args.json)))
 
 
@@ -420,6 +479,72 @@ def cmd_offer(args: argparse.Namespace) -> int:
     return int(trio.run(run_offer, node, args.ttl, args.listen, args.count, output))
 
 
+def cmd_invite(args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+
+    import trio  # noqa: PLC0415
+
+    from p2pd.commands import Output, run_invite  # noqa: PLC0415
+    from p2pd.invite import new_invite  # noqa: PLC0415
+    from p2pd.node_types import TorInvite  # noqa: PLC0415
+
+    invite, seed = new_invite(time.time(), args.ttl)
+    tor = TorInvite(address=invite.address, expires_at=invite.expires_at, seed=seed)
+    node = _make_node(args, None, invite=(invite.params(), tor))
+    output = Output(args.json)
+    expires = float(invite.expires_at)
+    return int(
+        trio.run(partial(run_invite, qr=args.qr), node, invite.text(), expires, args.count, output)
+    )
+
+
+def _add_invite_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--invite",
+        metavar="INVITE",
+        help="connect once through Tor with an invite from p2pd invite (no passphrase; "
+        "'-' reads it from stdin)",
+    )
+
+
+def _add_invite_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``invite``, and ``--invite`` for the commands that can join one."""
+    from p2pd.cli_tor import add_invite_tor_options  # noqa: PLC0415
+    from p2pd.invite import DEFAULT_TTL  # noqa: PLC0415
+
+    for joiner in ("send", "listen", "chat"):
+        _add_invite_option(sub.choices[joiner])
+    invite = sub.add_parser(
+        "invite",
+        parents=[common],
+        help="print a one-time invite (text and QR) for a peer without the passphrase, "
+        "then listen to that peer through Tor",
+    )
+    invite.add_argument(
+        "--ttl",
+        type=float,
+        default=DEFAULT_TTL,
+        metavar="SECONDS",
+        help=f"invite lifetime (default {DEFAULT_TTL:.0f})",
+    )
+    invite.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    invite.add_argument("--no-qr", dest="qr", action="store_false", help="print no QR code")
+    add_invite_tor_options(invite)
+    # What _make_node reads: an invite's node is Tor only, with no other path.
+    invite.set_defaults(
+        handler=cmd_invite,
+        port=None,
+        interfaces=None,
+        no_beacon=True,
+        no_mdns=True,
+        target=[],
+        stun=[],
+        assist=[],
+        no_upnp=True,
+        no_tcp=True,
+    )
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     from p2pd.daemon import run_daemon  # noqa: PLC0415
 
@@ -427,7 +552,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def _add_wan_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """``relay`` and ``offer``."""
+    """``relay``, ``offer`` and ``invite`` (after send, listen and chat: it extends them)."""
     relay = sub.add_parser(
         "relay", parents=[common], help="serve as an assist: rendezvous and relay for others"
     )
@@ -456,6 +581,7 @@ def _add_wan_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     offer.add_argument("--count", type=int, metavar="N", help="exit after N messages")
     _node_options(offer)
     offer.set_defaults(handler=cmd_offer)
+    _add_invite_command(sub, common)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,8 @@
 
 Why apart from :mod:`p2pd.cli`: the daemon's configuration reads the same options, and
 ``--tor-only`` has rules of its own (it refuses every option that would send a packet
-outside Tor) that belong in one place.
+outside Tor) that belong in one place.  Invites (``p2pd invite``, ``--invite``) are Tor-only
+by construction and go through the same rules.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from p2pd.errors import LocalError
-from p2pd.node_types import TOR_AFTER, TorSettings
+from p2pd.node_types import TOR_AFTER, TorInvite, TorSettings
 from p2pd.paths import resolve_state_dir
 from transports.torrc import read_torrc
 
@@ -46,11 +47,27 @@ def add_tor_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def tor_settings(args: argparse.Namespace) -> TorSettings | None:
-    """TorSettings from --tor/--tor-control/--tor-config/--tor-only; None without Tor."""
+def add_invite_tor_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``p2pd invite``: which tor to use (it is always Tor only)."""
+    tor = parser.add_argument_group("Tor")
+    tor.add_argument(
+        "--tor-control",
+        metavar="HOST:PORT",
+        help=f"use the tor at this control port (cookie auth, or password in ${TOR_PASSWORD_ENV})",
+    )
+    tor.add_argument(
+        "--tor-config",
+        metavar="FILE",
+        help="extra torrc lines for the tor p2pd launches (bridges, a private network)",
+    )
+
+
+def tor_settings(args: argparse.Namespace, invite: TorInvite | None = None) -> TorSettings | None:
+    """TorSettings from --tor/--tor-control/--tor-config/--tor-only; None without Tor.
+    With an ``invite`` (host or join) the node is Tor only, whatever the options say."""
     from p2pd.cli import _parse_target  # noqa: PLC0415  (cli imports this module)
 
-    only = bool(getattr(args, "tor_only", False))
+    only = bool(getattr(args, "tor_only", False)) or invite is not None
     control_text = getattr(args, "tor_control", None)
     config_file = getattr(args, "tor_config", None)
     if not (getattr(args, "tor", False) or only or control_text or config_file):
@@ -67,7 +84,8 @@ def tor_settings(args: argparse.Namespace) -> TorSettings | None:
             if value
         ]
         if used:
-            raise LocalError(f"--tor-only sends nothing outside Tor: drop {', '.join(used)}")
+            what = "an invite" if invite is not None else "--tor-only"
+            raise LocalError(f"{what} sends nothing outside Tor: drop {', '.join(used)}")
     if control_text and config_file:
         raise LocalError("--tor-config is for the tor p2pd launches, not one at --tor-control")
     return TorSettings(
@@ -77,4 +95,5 @@ def tor_settings(args: argparse.Namespace) -> TorSettings | None:
         only=only,
         state_dir=resolve_state_dir(getattr(args, "state_dir", None)),
         after=0.0 if only else TOR_AFTER,
+        invite=invite,
     )

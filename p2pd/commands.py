@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import trio
 
 from p2pd import messages
-from p2pd.errors import P2pdError
+from p2pd.errors import P2pdError, single_errors
 from p2pd.node import Delivered, MessageIn, Node, PathChanged, PeerDown, PeerUp, TorProgress
 
 #: Exit code after SIGTERM (128 + 15, as shells report it).
@@ -115,14 +115,16 @@ async def _with_signals(node: Node, body: Callable[[], Any]) -> Any:
                 cancel.cancel()
 
     failure: list[P2pdError] = []
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        nursery.start_soon(watch_signals, nursery.cancel_scope)
-        try:
-            result.append(await body())
-        except P2pdError as exc:  # re-raised bare, not inside the nursery's ExceptionGroup
-            failure.append(exc)
-        nursery.cancel_scope.cancel()
+    # The node's own lone failure (tor missing, an invite expired) is raised as itself too.
+    with single_errors():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            nursery.start_soon(watch_signals, nursery.cancel_scope)
+            try:
+                result.append(await body())
+            except P2pdError as exc:  # re-raised bare, not inside the nursery's ExceptionGroup
+                failure.append(exc)
+            nursery.cancel_scope.cancel()
     if failure:
         raise failure[0]
     return result[0] if result else EXIT_TERMINATED
@@ -222,6 +224,49 @@ async def run_offer(node: Node, ttl: float, listen: bool, count: int | None, out
         if not listen:
             return 0
         _ready(node, output)
+        return await _listen(node, count, None, output)
+
+    return int(await _with_signals(node, body))
+
+
+async def run_invite(
+    node: Node, text: str, expires_at: float, count: int | None, output: Output, *, qr: bool = True
+) -> int:
+    """``p2pd invite``: print the invite (text and QR) on stdout, serve its onion until one
+    peer completes the handshake (then the onion is withdrawn), and listen to that peer."""
+    from p2pd.invite import InviteUnusedError  # noqa: PLC0415
+    from p2pd.qr import render_qr  # noqa: PLC0415
+
+    async def body() -> int:
+        ttl = max(0.0, expires_at - time.time())
+        if output.json_mode:
+            obj = {"event": "invite", "invite": text, "expires_at": expires_at, "ttl_s": ttl}
+            output.event(obj, None)
+        else:
+            if qr:
+                print(render_qr(text), file=output.out, flush=True)
+            print(text, file=output.out, flush=True)
+        until = time.strftime("%H:%M:%S", time.localtime(expires_at))
+        print(
+            f"p2pd: invite valid {ttl:.0f} s (until {until}) for one peer, once, through Tor; "
+            "whoever holds it until then can connect: pass it on privately",
+            file=output.err,
+            flush=True,
+        )
+        peer: PeerUp | None = None
+        with trio.move_on_after(ttl):
+            async for event in node.events:
+                if isinstance(event, PeerUp):
+                    peer = event
+                    break
+                if isinstance(event, (PathChanged, TorProgress)):
+                    _path_changed(output, event)
+        if peer is None:
+            raise InviteUnusedError("the invite expired unused")
+        assert node.tor is not None
+        node.tor.spend()  # one peer only: the onion is withdrawn
+        _peer_up(output, peer)
+        node.send_message(peer.peer_id, messages.hello("listen"))
         return await _listen(node, count, None, output)
 
     return int(await _with_signals(node, body))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Final
@@ -132,7 +133,7 @@ def new_invite(now_wall: float, ttl: float = DEFAULT_TTL) -> tuple[Invite, bytes
         raise InviteError(f"an invite's lifetime must be between 0 and {MAX_TTL:.0f} s")
     seed = os.urandom(SEED_SIZE)
     identity = OnionIdentity.from_seed(seed)
-    invite = Invite(identity.service_id, os.urandom(SECRET_SIZE), int(now_wall + ttl))
+    invite = Invite(identity.service_id, os.urandom(SECRET_SIZE), math.ceil(now_wall + ttl))
     return invite, seed
 
 

@@ -15,10 +15,27 @@ node that loses its direct path meets at the onion anew.
 
 Errors: a setup failure (tor missing, control port refused, no bootstrap) is the user's to
 fix and ends the node with one clear line; a meeting that times out is counted and retried.
+
+Invites (:mod:`p2pd.invite`, ``TorSettings.invite``) replace the meeting by two plain roles,
+with no hello (the onion is not shared by the two ends, so nobody can reach itself):
+
+* host: publish the invite's random onion and accept *one stream at a time* on a loopback
+  listener, handing it to the node; when :meth:`TorRunner.spend` says a peer completed the
+  handshake, withdraw the service (DEL_ONION) and close the listener, so nobody else can
+  use the invite.  A stream that closes before that frees the listener for the next one.
+* join: connect to the invite's onion, retrying with backoff (and a fresh descriptor
+  lookup) until the invite expires, then end the node with :class:`InviteUnusedError`.
+
+An invite's tor data directory is named by the invite's random rendezvous id, so it is
+removed when the runner ends (it would only pile up: no invite is used twice).
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
+import shutil
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +44,17 @@ from typing import Final
 import trio
 
 from p2pd.derive import Params
-from p2pd.node_types import NodeEvent, TorProgress, TorSettings
-from transports.onion import OnionIdentity
-from transports.tor import TorLauncher
-from transports.tor_meet import TorStream, meet
+from p2pd.invite import CLOCK_SKEW, InviteUnusedError
+from p2pd.node_types import NodeEvent, TorInvite, TorProgress, TorSettings
+from transports.onion import OnionIdentity, Outcome, plan_after
+from transports.tor import (
+    LOOPBACK,
+    TorConnectError,
+    TorControlError,
+    TorLauncher,
+    TorPublishTimeout,
+)
+from transports.tor_meet import CONNECT_TIMEOUT, MEET_PUBLISH_WAIT, ONION_PORT, TorStream, meet
 
 #: Seconds one meeting may take before it is abandoned and started again; a meeting with a
 #: withdrawal round took 91 s in the lab, and the real network is slower.
@@ -43,6 +67,9 @@ TOR_NODES_DIR: Final = "tor-nodes"
 
 OnStream = Callable[[TorStream], None]
 Needed = Callable[[], bool]
+
+#: Jitter of the joiner's retry delays (not secret, but not predictable either).
+_SYSTEM_RANDOM = random.SystemRandom()
 
 
 class TorRunner:
@@ -59,7 +86,11 @@ class TorRunner:
         counters: Counter[str],
     ) -> None:
         self.settings = settings
-        self.identity = OnionIdentity.from_seed(params.onion_seed)
+        invite = settings.invite
+        seed = invite.seed if invite is not None and invite.seed is not None else None
+        self.identity = OnionIdentity.from_seed(seed or params.onion_seed)
+        #: The onion this node publishes or connects to.
+        self.onion = invite.address if invite is not None else self.identity.address
         self._rendezvous = params.rendezvous_id.hex()[:16]
         self._on_stream = on_stream
         self._needed = needed
@@ -69,6 +100,8 @@ class TorRunner:
         self.state = "starting"
         self._launched = False
         self._changed = trio.Event()
+        #: Host of an invite: a peer completed the handshake, the onion is to be withdrawn.
+        self._spent = False
 
     def __repr__(self) -> str:
         return f"TorRunner(state={self.state}, only={self.settings.only})"
@@ -77,14 +110,24 @@ class TorRunner:
         """Something the meeting condition depends on changed (a peer, a Tor link)."""
         self._changed.set()
 
+    def spend(self) -> None:
+        """The invite's peer completed the handshake: withdraw the onion (host role)."""
+        self._spent = True
+        self._changed.set()
+
     def status(self) -> dict[str, object]:
         """For ``p2pd status``: what tor is doing, whether it is ours, the shared onion."""
         return {
             "state": self.state,
             "only": self.settings.only,
             "launched": self._launched,
-            "onion": self.identity.address,
+            "onion": self.onion,
+            "invite": None if self.settings.invite is None else self._invite_role(),
         }
+
+    def _invite_role(self) -> str:
+        assert self.settings.invite is not None
+        return "host" if self.settings.invite.host else "join"
 
     def _launcher(self) -> TorLauncher:
         settings = self.settings
@@ -106,12 +149,25 @@ class TorRunner:
         self._on_progress(TorProgress(state, trio.current_time() - since))
 
     async def run(self) -> None:
-        """Launch or attach, then meet whenever needed, until cancelled."""
+        """Launch or attach, then meet whenever needed (or serve the invite), until cancelled."""
+        launcher = self._launcher()
+        try:
+            await self._run(launcher)
+        finally:
+            if self.settings.invite is not None and launcher.state_dir is not None:
+                shutil.rmtree(launcher.state_dir, ignore_errors=True)
+
+    async def _run(self, launcher: TorLauncher) -> None:
         started = trio.current_time()
-        async with self._launcher() as tor:
+        async with launcher as tor:
             self._launched = tor.launched
             self.counters["tor_ready"] += 1
             self._progress("bootstrapped", started)
+            invite = self.settings.invite
+            if invite is not None and invite.host:
+                await self._host(tor)
+            elif invite is not None:
+                await self._join(tor, invite)
             await trio.sleep(max(0.0, started + self.settings.after - trio.current_time()))
             while True:
                 await self._until_needed()
@@ -131,6 +187,72 @@ class TorRunner:
                 self._on_stream(found)
 
     async def _until_needed(self) -> None:
-        while not self._needed():
+        await self._until(self._needed)
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
             self._changed = trio.Event()
             await self._changed.wait()
+
+    async def _host(self, tor: TorLauncher) -> None:
+        """Publish the invite's onion, hand over one stream at a time until one became a
+        peer (:meth:`spend`), then withdraw the onion and idle until cancelled."""
+        began = trio.current_time()
+        listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+        listener = listeners[0]
+        target = int(listener.socket.getsockname()[1])
+        service: str | None = None
+        try:
+            try:
+                service = await tor.publish(
+                    self.identity.key_blob, ONION_PORT, target, timeout=MEET_PUBLISH_WAIT
+                )
+            except TorPublishTimeout as exc:  # up in tor; the upload report is late
+                service = exc.service_id
+                self.counters["tor_publish_timeout"] += 1
+            self._progress("invite_published", began)
+            while not self._spent:
+                stream = await listener.accept()
+                self.counters["tor_invite_streams"] += 1
+                self._on_stream(TorStream(stream, outbound=False, nonce=b""))
+                # Until it became a peer (spent), or closed first (needed again).
+                await self._until(lambda: self._spent or self._needed())
+        finally:
+            await trio.aclose_forcefully(listener)
+            if service is not None:
+                with trio.CancelScope(shield=True), contextlib.suppress(TorControlError):
+                    await tor.remove(service)
+        self.counters["tor_invite_withdrawn"] += 1
+        self._progress("invite_withdrawn", began)
+        await trio.sleep_forever()
+
+    async def _join(self, tor: TorLauncher, invite: TorInvite) -> None:
+        """Connect to the invite's onion whenever no stream is open, until it expires."""
+        began = trio.current_time()
+        self._progress("joining", began)
+        failures = 0
+        met = False
+        while True:
+            await self._until_needed()
+            remaining = invite.expires_at + CLOCK_SKEW - time.time()
+            if remaining <= 0:
+                if met:
+                    raise InviteUnusedError("the invite expired and the inviter is gone")
+                raise InviteUnusedError("the invite expired before the inviter answered")
+            try:
+                stream = await tor.connect(
+                    invite.address, ONION_PORT, min(CONNECT_TIMEOUT, remaining)
+                )
+            except TorConnectError as exc:
+                failures += 1
+                self.counters[f"tor_connect_{exc.reason}"] += 1
+                # The descriptor may be missing or stale (intro points gone): look again.
+                await tor.forget_descriptors()
+                plan = plan_after(Outcome.FAILED, failures, 0, _SYSTEM_RANDOM.random())
+                await trio.sleep(min(plan.delay, max(0.0, remaining)))
+                continue
+            failures = 0
+            met = True
+            self.counters["tor_met"] += 1
+            self._progress("met", began)
+            self._on_stream(TorStream(stream, outbound=True, nonce=b""))

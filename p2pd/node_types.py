@@ -97,6 +97,20 @@ class PeerState:
 
 
 @dataclass(frozen=True, slots=True)
+class TorInvite:
+    """An invite's onion (:mod:`p2pd.invite`): the inviter publishes it (``seed`` set) and
+    accepts one peer; the joiner connects to ``address``.  No hello on these streams."""
+
+    address: str  # the invite's onion host name (with .onion)
+    expires_at: float  # wall clock (unix seconds): the joiner stops trying after it
+    seed: bytes | None = field(default=None, repr=False)  # the inviter's onion seed
+
+    @property
+    def host(self) -> bool:
+        return self.seed is not None
+
+
+@dataclass(frozen=True, slots=True)
 class TorSettings:
     """How a node uses Tor: a tor of its own (``control`` None) or an existing one."""
 
@@ -107,6 +121,7 @@ class TorSettings:
     only: bool = False  # --tor-only: nothing leaves outside Tor
     state_dir: Path | None = None  # where a launched tor keeps its data directory
     after: float = TOR_AFTER  # seconds before meeting (0 with --tor-only)
+    invite: TorInvite | None = None  # an invite's onion instead of the passphrase's
 
 
 @dataclass(slots=True)
