@@ -172,6 +172,12 @@ async def run_send(node: Node, text: str, timeout: float, output: Output) -> int
                 if delivered and peer_role is not None and (peer_role != "send" or peer_done):
                     break
         if not delivered:
+            tor = node.config.tor
+            if tor is not None and tor.invite is not None:
+                raise NoPeer(
+                    f"no peer answered within {timeout:g} s: is the inviter still running, "
+                    "and was the invite not used by someone else?"
+                )
             raise NoPeer(
                 f"no peer answered within {timeout:g} s: is the other side running "
                 "with the same passphrase, on a network it can reach?"
