@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Procs, fresh_passphrase
+from tests.integration.conftest import Procs, fresh_passphrase, read_line
 from tests.netlab import tornet
 
 #: No LAN beacon, no mDNS, no gateway: the processes can meet only through Tor.
@@ -109,6 +109,9 @@ def test_tor_only_carries_five_mib_intact(procs: Procs, torrc: Path, tmp_path: P
         str(TIMEOUT),
         env={"P2PD_PASSPHRASE": phrase},
     )
+    # Drain the receiver's stdout from now on (read_line starts a reader thread): a 10 MiB
+    # line into a full pipe would block the receiver's event loop.
+    assert json.loads(read_line(receiver, 60, stdout=True))["event"] == "listening"
     sender = procs.start(
         "s",
         "send",
