@@ -30,16 +30,7 @@ def add_tor_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also meet at the passphrase's onion through a tor of our own (last resort)",
     )
-    tor.add_argument(
-        "--tor-control",
-        metavar="HOST:PORT",
-        help=f"use the tor at this control port (cookie auth, or password in ${TOR_PASSWORD_ENV})",
-    )
-    tor.add_argument(
-        "--tor-config",
-        metavar="FILE",
-        help="extra torrc lines for the tor p2pd launches (bridges, a private network)",
-    )
+    _which_tor(tor)
     tor.add_argument(
         "--tor-only",
         action="store_true",
@@ -47,9 +38,8 @@ def add_tor_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_invite_tor_options(parser: argparse.ArgumentParser) -> None:
-    """The options of ``p2pd invite``: which tor to use (it is always Tor only)."""
-    tor = parser.add_argument_group("Tor")
+def _which_tor(tor: argparse._ArgumentGroup) -> None:
+    """``--tor-control`` and ``--tor-config``: which tor to use, for every Tor command."""
     tor.add_argument(
         "--tor-control",
         metavar="HOST:PORT",
@@ -60,6 +50,12 @@ def add_invite_tor_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="extra torrc lines for the tor p2pd launches (bridges, a private network)",
     )
+
+
+def add_invite_tor_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``p2pd invite``: which tor to use (it is always Tor only)."""
+    tor = parser.add_argument_group("Tor")
+    _which_tor(tor)
 
 
 def tor_settings(args: argparse.Namespace, invite: TorInvite | None = None) -> TorSettings | None:

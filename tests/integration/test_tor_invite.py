@@ -8,13 +8,13 @@ withdraws the onion, and a second joiner with the same text gets nobody.  The ma
 expired cases need no tor and run in a second or two.
 """
 
+# ruff: noqa: F811  (test functions take the imported Tor fixtures by name)
+
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pytest
 from p2pd import vaddr
 from p2pd.invite import new_invite
 from tests.integration.conftest import Procs, read_line
-from tests.netlab import tornet
+from tests.integration.tor_fixtures import json_events, net, torrc  # noqa: F401  (fixtures)
 
 #: Seconds a process gets: its tor bootstraps (7-26 s here), then connects (a few s).
 TIMEOUT = 240
@@ -32,30 +32,6 @@ TIMEOUT = 240
 SECOND_TIMEOUT = 60
 #: Seconds the inviter gets to print its invite (it does so before tor starts).
 PRINT_TIMEOUT = 30
-
-
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set, so the Tor network must run, but: {reason}", pytrace=False)
-    pytest.skip(reason=reason)
-
-
-@pytest.fixture(scope="module")
-def net() -> Iterator[tornet.TorNet]:
-    reason = tornet.tor_missing_reason()
-    if reason is not None:
-        _skip_or_fail(reason)
-    with tornet.TorNet() as network:
-        yield network
-
-
-@pytest.fixture
-def torrc(net: tornet.TorNet, tmp_path: Path) -> Path:
-    return net.write_p2pd_torrc(tmp_path / "torrc")
-
-
-def _events(out: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 def _next_event(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
@@ -116,7 +92,7 @@ def test_a_joiner_with_only_the_invite_delivers_over_tor_and_the_invite_works_on
     rc, out, err = procs.finish(joiner, timeout=TIMEOUT + 30)
     joined = time.monotonic() - join_started
     assert rc == 0, err
-    sent = _events(out)
+    sent = json_events(out)
     connected = [e for e in sent if e["event"] == "connected"]
     assert connected and connected[0]["path"] == "tor", sent
     assert _virtual(connected[0]["addr"]), connected  # the inviter's address is not known
@@ -137,12 +113,12 @@ def test_a_joiner_with_only_the_invite_delivers_over_tor_and_the_invite_works_on
     rc2, out2, err2 = procs.finish(second, timeout=SECOND_TIMEOUT + 60)
     assert rc2 == 3, err2
     assert f"no peer answered within {SECOND_TIMEOUT} s: is the inviter still running" in err2
-    assert not [e for e in _events(out2) if e["event"] == "connected"], out2
+    assert not [e for e in json_events(out2) if e["event"] == "connected"], out2
     assert inviter.poll() is None, "the inviter left: the second joiner proved nothing"
     inviter.terminate()
     rc_host, out_host, err_host = procs.finish(inviter, timeout=30)
     assert rc_host == 143, err_host
-    assert not [e for e in _events(out_host) if e["event"] in ("message", "connected")]
+    assert not [e for e in json_events(out_host) if e["event"] in ("message", "connected")]
     tor_dirs = procs.tmp / "host" / "tor-nodes"
     assert not tor_dirs.exists() or not any(tor_dirs.iterdir())  # the invite's tor dir went
     tor = {e["state"]: e["elapsed_ms"] / 1000 for e in sent if e["event"] == "tor"}

@@ -6,20 +6,18 @@ LAN discovery is off, so Tor is the only way they can find each other.  Nothing 
 dials the real Tor network (tests/netlab/tornet.py builds the network offline).
 """
 
+# ruff: noqa: F811  (test functions take the imported Tor fixtures by name)
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from tests.integration.conftest import Procs, fresh_passphrase, read_line
-from tests.netlab import tornet
+from tests.integration.tor_fixtures import json_events, net, torrc  # noqa: F401  (fixtures)
 
 #: No LAN beacon, no mDNS, no gateway: the processes can meet only through Tor.
 NO_LAN = ("--interface", "lo", "--no-mdns", "--no-beacon", "--no-upnp")
@@ -27,30 +25,6 @@ NO_LAN = ("--interface", "lo", "--no-mdns", "--no-beacon", "--no-upnp")
 TIMEOUT = 240
 #: The large message: 5 MiB (issue 6).
 BIG = 5 * 1024 * 1024
-
-
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set, so the Tor network must run, but: {reason}", pytrace=False)
-    pytest.skip(reason=reason)
-
-
-@pytest.fixture(scope="module")
-def net() -> Iterator[tornet.TorNet]:
-    reason = tornet.tor_missing_reason()
-    if reason is not None:
-        _skip_or_fail(reason)
-    with tornet.TorNet() as network:
-        yield network
-
-
-@pytest.fixture
-def torrc(net: tornet.TorNet, tmp_path: Path) -> Path:
-    return net.write_p2pd_torrc(tmp_path / "torrc")
-
-
-def _events(out: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 def _send(procs: Procs, name: str, phrase: str, torrc: Path, *extra: str) -> subprocess.Popen[str]:
@@ -82,7 +56,7 @@ def test_started_at_the_same_instant_they_meet_over_tor_and_talk_both_ways(
     for name, (rc, _out, err) in results.items():
         assert rc == 0, f"{name}: {err}"
     for name, other in (("a", "b"), ("b", "a")):
-        events = _events(results[name][1])
+        events = json_events(results[name][1])
         connected = [e for e in events if e["event"] == "connected"]
         assert connected and connected[0]["path"] == "tor", events
         messages = [e for e in events if e["event"] == "message"]
@@ -129,10 +103,10 @@ def test_tor_only_carries_five_mib_intact(procs: Procs, torrc: Path, tmp_path: P
     rc_r, out_r, err_r = procs.finish(receiver, timeout=TIMEOUT + 60)
     assert rc_s == 0, err_s
     assert rc_r == 0, err_r
-    sent = _events(out_s)
+    sent = json_events(out_s)
     assert {e["path"] for e in sent if e["event"] in ("connected", "delivered")} == {"tor"}
     assert not [e for e in sent if e["event"] == "path"], sent
-    got = [e for e in _events(out_r) if e["event"] == "message"]
+    got = [e for e in json_events(out_r) if e["event"] == "message"]
     assert len(got) == 1
     digest = hashlib.sha256(got[0]["text"].encode()).hexdigest()
     assert digest == hashlib.sha256(blob.read_bytes()).hexdigest()
