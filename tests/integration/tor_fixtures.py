@@ -1,14 +1,13 @@
 """The private Tor network for the integration tests that run p2pd over Tor.
 
 Why a module: several test files need the same network, the same ``--tor-config`` file and
-the same rule (skip without tor, fail in CI).  Import the fixtures into a test module with
-``from tests.integration.tor_fixtures import net, torrc``.
+the same rule (tornet.require_tor: skip without tor, fail in CI).  Import the fixtures
+into a test module with ``from tests.integration.tor_fixtures import net, torrc``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,10 @@ import pytest
 from tests.netlab import tornet
 
 
-def skip_or_fail(reason: str) -> None:
-    """Skip without tor, but fail when CI is set: there the network must run."""
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set, so the Tor network must run, but: {reason}", pytrace=False)
-    pytest.skip(reason=reason)
-
-
 @pytest.fixture(scope="module")
 def net() -> Iterator[tornet.TorNet]:
     """One private, offline Tor network for the module."""
-    reason = tornet.tor_missing_reason()
-    if reason is not None:
-        skip_or_fail(reason)
+    tornet.require_tor()
     with tornet.TorNet() as network:
         yield network
 

@@ -59,7 +59,7 @@ from tests.netlab.nftwatch import outbound_counts, send_canary, watch_outbound
 from tests.netlab.nodes import Host
 from tests.netlab.p2pd_procs import REPO, P2pd, finish
 from tests.netlab.presets import PUBLIC_SERVER
-from tests.netlab.tornet import TorNet, tor_missing_reason
+from tests.netlab.tornet import TorNet, require_tor
 
 pytestmark = [pytest.mark.netlab, pytest.mark.slow]
 
@@ -77,16 +77,6 @@ CONNECT_TIMEOUT = 150.0
 UPGRADE_TIMEOUT = 45.0
 #: Seconds for a typed line to reach the other chat, and for a chat to exit after EOF.
 LINE_TIMEOUT = 30.0
-
-
-def require_tor() -> None:
-    """Skip without tor/tor-gencert, but fail in CI (env CI set), where they must be present."""
-    reason = tor_missing_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set, so the private Tor network must run, but: {reason}")
-    pytest.skip(reason=reason)
 
 
 def require_coturn() -> None:

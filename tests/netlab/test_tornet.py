@@ -26,7 +26,7 @@ from stem.control import Controller
 
 from .lab import Lab
 from .nftwatch import outbound_counts, send_canary, watch_outbound
-from .tornet import TorClient, TorNet, TorNetError, tor_missing_reason
+from .tornet import TorClient, TorNet, TorNetError, require_tor
 
 #: "Well under a minute" (issue 6), with room for a slow CI machine; measured 7-19 s here.
 BOOTSTRAP_LIMIT = 45.0
@@ -44,16 +44,6 @@ SOCKS_REPLY_LEN = 10
 #: v3 onion address version byte and checksum label (rend-spec-v3, "Encoding onion addresses").
 ONION_VERSION = b"\x03"
 ONION_CHECKSUM_LABEL = b".onion checksum"
-
-
-def require_tor() -> None:
-    """Skip without tor/tor-gencert, but fail in CI (env CI set), where they must be present."""
-    reason = tor_missing_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set, so the private Tor network must run, but: {reason}")
-    pytest.skip(reason=reason)
 
 
 @pytest.fixture(scope="module")

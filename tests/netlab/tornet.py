@@ -173,6 +173,19 @@ def tor_missing_reason() -> str | None:
     return None
 
 
+def require_tor() -> None:
+    """Skip a test without tor/tor-gencert, but fail it in CI (env CI set), where they must
+    be present.  (pytest is imported here, not at the top: tools/tornet runs without it.)"""
+    import pytest
+
+    reason = tor_missing_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set, so the private Tor network must run, but: {reason}")
+    pytest.skip(reason=reason)
+
+
 @dataclass(frozen=True)
 class TorClient:
     """A client tor of the network: where to reach it and where its control cookie is."""
