@@ -7,6 +7,7 @@ machine's real networks.  mDNS and port mapping are exercised in the network lab
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import secrets
@@ -15,8 +16,11 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.netlab import tornet
 
 LOOPBACK_ONLY = ("--interface", "lo", "--no-mdns", "--no-upnp")
 
@@ -157,3 +161,28 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         yield p
     finally:
         p.close()
+
+
+# --- the private Tor network -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def net() -> Iterator[tornet.TorNet]:
+    """One private, offline Tor network (tests/netlab/tornet.py) for every Tor test here,
+    with two bootstrapped clients ``a`` and ``b``.  Waiting for them also means the network
+    has a consensus listing every relay before any p2pd tor starts, as the real one has.
+    Skips without tor, fails in CI (tornet.require_tor)."""
+    tornet.require_tor()
+    with tornet.TorNet(clients=("a", "b")) as network:
+        yield network
+
+
+@pytest.fixture
+def torrc(net: tornet.TorNet, tmp_path: Path) -> Path:
+    """A ``--tor-config`` file pointing a p2pd-launched tor at the network."""
+    return net.write_p2pd_torrc(tmp_path / "torrc")
+
+
+def json_events(out: str) -> list[dict[str, Any]]:
+    """The ``--json`` events a command printed."""
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]

@@ -8,11 +8,10 @@ withdraws the onion, and a second joiner with the same text gets nobody.  The ma
 expired cases need no tor and run in a second or two.
 """
 
-# ruff: noqa: F811  (test functions take the imported Tor fixtures by name)
-
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -22,14 +21,16 @@ import pytest
 
 from p2pd import vaddr
 from p2pd.invite import new_invite
-from tests.integration.conftest import Procs, read_line
-from tests.integration.tor_fixtures import json_events, net, torrc  # noqa: F401  (fixtures)
+from tests.integration.conftest import Procs, json_events, read_line
+from tests.netlab import tornet
 
 #: Seconds a process gets: its tor bootstraps (7-26 s here), then connects (a few s).
 TIMEOUT = 240
 #: Seconds the second joiner tries: its tor bootstraps, then several connect attempts (the
 #: first one of the first joiner succeeded in a few seconds).
 SECOND_TIMEOUT = 60
+#: What a tor log line about onion services says (shown when the join fails).
+ONION_WORDS = r"hs_|onion|descriptor|rend|intro|hsdir|newnym"
 #: Seconds the inviter gets to print its invite (it does so before tor starts).
 PRINT_TIMEOUT = 30
 
@@ -71,15 +72,33 @@ def _join(procs: Procs, name: str, code: str, torrc: Path, timeout: int, text: s
     )
 
 
+def _logged_torrc(net: tornet.TorNet, procs: Procs, name: str) -> Path:
+    """A ``--tor-config`` file whose tor writes its info log next to it."""
+    return net.write_p2pd_torrc(procs.tmp / f"{name}.torrc", log=procs.tmp / f"{name}.tor.log")
+
+
+def _onion_log(procs: Procs, *names: str) -> str:
+    """What the named processes' tors said about onion services (for a failure message)."""
+    said = []
+    for name in names:
+        path = procs.tmp / f"{name}.tor.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        onion = [line for line in lines if re.search(ONION_WORDS, line, re.IGNORECASE)]
+        said.append(f"--- {name}'s tor ({len(lines)} lines), onion lines:")
+        said.extend(onion[-40:])
+    return "\n".join(said)
+
+
 def test_a_joiner_with_only_the_invite_delivers_over_tor_and_the_invite_works_once(
-    procs: Procs, torrc: Path
+    procs: Procs, net: tornet.TorNet
 ) -> None:
     """The joiner's message arrives at the inviter on path ``tor`` with no address of either
     side exchanged; then the onion is withdrawn, and a second joiner (the inviter still
     running) gets nobody and exits 3."""
     started = time.monotonic()
+    host_torrc = _logged_torrc(net, procs, "host")
     inviter = procs.start(
-        "host", "invite", "--json", "--tor-config", str(torrc), "--count", "2", "--ttl", "600"
+        "host", "invite", "--json", "--tor-config", str(host_torrc), "--count", "2", "--ttl", "600"
     )
     shown = _next_event(inviter, PRINT_TIMEOUT)
     printed = time.monotonic() - started
@@ -88,10 +107,10 @@ def test_a_joiner_with_only_the_invite_delivers_over_tor_and_the_invite_works_on
     assert code.startswith("P2PD-INVITE:") and shown["ttl_s"] > 590
 
     join_started = time.monotonic()
-    joiner = _join(procs, "j1", code, torrc, TIMEOUT, "one")
+    joiner = _join(procs, "j1", code, _logged_torrc(net, procs, "j1"), TIMEOUT, "one")
     rc, out, err = procs.finish(joiner, timeout=TIMEOUT + 30)
     joined = time.monotonic() - join_started
-    assert rc == 0, err
+    assert rc == 0, f"{err}\n{out}\n{_onion_log(procs, 'host', 'j1')}"
     sent = json_events(out)
     connected = [e for e in sent if e["event"] == "connected"]
     assert connected and connected[0]["path"] == "tor", sent
@@ -109,7 +128,7 @@ def test_a_joiner_with_only_the_invite_delivers_over_tor_and_the_invite_works_on
         tor_states += [e["state"] for e in _until(inviter, "tor", 30) if e["event"] == "tor"]
     assert "invite_published" in tor_states and tor_states[-1] == "invite_withdrawn", got
 
-    second = _join(procs, "j2", code, torrc, SECOND_TIMEOUT, "two")
+    second = _join(procs, "j2", code, _logged_torrc(net, procs, "j2"), SECOND_TIMEOUT, "two")
     rc2, out2, err2 = procs.finish(second, timeout=SECOND_TIMEOUT + 60)
     assert rc2 == 3, err2
     assert f"no peer answered within {SECOND_TIMEOUT} s: is the inviter still running" in err2

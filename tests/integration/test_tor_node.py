@@ -6,8 +6,6 @@ LAN discovery is off, so Tor is the only way they can find each other.  Nothing 
 dials the real Tor network (tests/netlab/tornet.py builds the network offline).
 """
 
-# ruff: noqa: F811  (test functions take the imported Tor fixtures by name)
-
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +14,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.integration.conftest import Procs, fresh_passphrase, read_line
-from tests.integration.tor_fixtures import json_events, net, torrc  # noqa: F401  (fixtures)
+from tests.integration.conftest import Procs, fresh_passphrase, json_events, read_line
 
 #: No LAN beacon, no mDNS, no gateway: the processes can meet only through Tor.
 NO_LAN = ("--interface", "lo", "--no-mdns", "--no-beacon", "--no-upnp")

@@ -1,17 +1,15 @@
 """The Tor transport against real tor: a private, offline Tor network on loopback.
 
-The network (tests/netlab/tornet.py) has its own directory authorities, so nothing here
-ever dials the real Tor network.  Tests that need it skip while that module or the tor
-binary is absent, and fail instead when CI is set.
+The network (tests/netlab/tornet.py, the ``net`` fixture of conftest.py, shared by every
+Tor test here) has its own directory authorities, so nothing here ever dials the real Tor
+network.  Tests that need it skip without the tor binary, and fail instead when CI is set.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +32,6 @@ from transports.tor import (
 )
 from transports.tor_meet import TorStream, meet
 
-try:
-    from tests.netlab import tornet
-except ImportError:  # pragma: no cover - only until the lab's Tor network lands
-    tornet = None  # type: ignore[assignment]
-
 #: Virtual port the tests publish on.
 PORT = 4242
 #: Control password of the password-auth test (a test value, not a secret).
@@ -51,26 +44,6 @@ STEP_TIMEOUT = 90.0
 
 def _identity(tag: int) -> OnionIdentity:
     return OnionIdentity.from_seed(params_from_master(bytes([tag]) * 32).onion_seed)
-
-
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set, so the Tor network must run, but: {reason}", pytrace=False)
-    pytest.skip(reason=reason)
-
-
-@pytest.fixture(scope="module")
-def net() -> Iterator[Any]:
-    """A private Tor network with two bootstrapped clients, ``a`` and ``b``."""
-    if tornet is None:
-        _skip_or_fail("needs tests/netlab/tornet.py")
-    reason = tornet.tor_missing_reason()
-    if reason is not None:
-        _skip_or_fail(reason)
-    with tornet.TorNet() as network:
-        network.add_client("a")
-        network.add_client("b")
-        yield network
 
 
 def _attach(client: Any) -> TorLauncher:

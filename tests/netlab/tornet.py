@@ -382,11 +382,14 @@ class TorNet:
                 "VanguardsLiteEnabled 0",
                 f"CircuitBuildTimeout {CIRCUIT_BUILD_TIMEOUT}"]  # fmt: skip
 
-    def write_p2pd_torrc(self, path: Path) -> Path:
+    def write_p2pd_torrc(self, path: Path, *, log: Path | None = None) -> Path:
         """A ``p2pd --tor-config`` file: a client's options without the ports and the
-        authentication p2pd sets itself on the tor it launches."""
+        authentication p2pd sets itself on the tor it launches; with ``log``, that tor
+        writes its info log there (for a failing test to show)."""
         reserved = ("SocksPort ", "ControlPort ", "CookieAuthentication ")
         lines = [line for line in self.client_lines() if not line.startswith(reserved)]
+        if log is not None:
+            lines.append(f"Log info file {log}")
         path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
         return path
 
