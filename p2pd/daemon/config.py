@@ -25,6 +25,12 @@ silently changes behaviour.  Example (see docs/daemon.md)::
     upnp = true                     # ask the gateway for a port mapping
     tcp = true                      # TCP listener and fallback
 
+    [tor]                           # the flags --tor, --tor-only, --tor-control, --tor-config
+    enabled = true                  # race Tor as the last resort (a tor of p2pd's own)
+    only = false                    # nothing leaves outside Tor
+    control = "127.0.0.1:9051"      # use a running tor instead (password: $P2PD_TOR_PASSWORD)
+    config = "~/.config/p2pd/torrc" # extra torrc lines for the tor p2pd launches
+
     [[sessions]]
     passphrase_file = "~/.config/p2pd/team.phrase"
 
@@ -61,12 +67,14 @@ MAX_CONFIG_BYTES = 1024 * 1024
 #: Host names that always mean loopback.
 LOOPBACK_NAMES = frozenset({"localhost"})
 
-_TOP_KEYS = frozenset({"log_level", "api", "node", "sessions"})
+_TOP_KEYS = frozenset({"log_level", "api", "node", "tor", "sessions"})
 _API_KEYS = frozenset({"address", "allow_remote"})
 _NODE_KEYS = frozenset(
     {"interfaces", "mdns", "beacons", "port", "targets", "stun", "assists", "upnp", "tcp"}
 )
 _SESSION_KEYS = frozenset({"passphrase_file"})
+#: ``[tor]`` keys and the command-line option each one stands for.
+_TOR_KEYS = {"enabled": "tor", "only": "tor_only", "control": "tor_control", "config": "tor_config"}
 
 
 class ConfigError(LocalError):
@@ -146,6 +154,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _check_keys(table: Any, allowed: frozenset[str], where: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"config: {where} must be a table")
+    if where == "[tor]" and "password" in table:
+        raise ConfigError(
+            "config: [tor] password is not accepted (config files get copied and shared); "
+            "set the environment variable P2PD_TOR_PASSWORD instead"
+        )
     if where.startswith("[[sessions]]") and "passphrase" in table:
         raise ConfigError(
             "config: inline passphrases are not accepted (config files get copied and "
@@ -217,7 +230,7 @@ def load(args: argparse.Namespace) -> DaemonConfig:
     tcp = _typed(node_table, "tcp", bool, "node")
     mdns = _typed(node_table, "mdns", bool, "node")
     beacons = _typed(node_table, "beacons", bool, "node")
-    tor = tor_settings(args)
+    tor = tor_settings(_with_tor_table(args, doc.get("tor", {})))
     only = tor is not None and tor.only
     if only and (targets_text or stun_text or assist_text):
         raise ConfigError("config: --tor-only sends nothing outside Tor: drop targets/stun/assists")
@@ -240,6 +253,18 @@ def load(args: argparse.Namespace) -> DaemonConfig:
         node=node,
         passphrase_files=passphrase_files,
     )
+
+
+def _with_tor_table(args: argparse.Namespace, table: Any) -> argparse.Namespace:
+    """``args`` with each Tor option the command line left unset taken from ``[tor]``."""
+    table = _check_keys(table, frozenset(_TOR_KEYS), "[tor]")
+    merged = argparse.Namespace(**vars(args))
+    for key, option in _TOR_KEYS.items():
+        kind = bool if key in ("enabled", "only") else str
+        value = _typed(table, key, kind, "tor")
+        if value is not None and not getattr(args, option, None):
+            setattr(merged, option, str(Path(value).expanduser()) if key == "config" else value)
+    return merged
 
 
 def _address_list(
