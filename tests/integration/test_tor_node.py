@@ -14,7 +14,10 @@ import os
 import subprocess
 from pathlib import Path
 
+from stem.control import Controller
+
 from tests.integration.conftest import Procs, fresh_passphrase, json_events, read_line
+from tests.netlab import tornet
 
 #: No LAN beacon, no mDNS, no gateway: the processes can meet only through Tor.
 NO_LAN = ("--interface", "lo", "--no-mdns", "--no-beacon", "--no-upnp")
@@ -123,3 +126,52 @@ def test_tor_only_refuses_options_that_leave_tor(procs: Procs) -> None:
     )
     assert rc == 2
     assert err.strip() == "p2pd: error: --tor-only sends nothing outside Tor: drop --target"
+
+
+def test_attached_to_running_tors_they_meet_tor_only_and_leave_those_tors_running(
+    procs: Procs, net: tornet.TorNet
+) -> None:
+    """``--tor-control HOST:PORT``: each node uses a tor that was running before it (cookie
+    authentication, the cookie found through PROTOCOLINFO), meets the other over it, and
+    on exit leaves that tor running with no onion service of its own left behind."""
+    phrase = fresh_passphrase()
+    procs_by_name: dict[str, subprocess.Popen[str]] = {}
+    for name, text in (("a", "from a"), ("b", "from b")):
+        control = f"127.0.0.1:{net.clients[name].control_port}"
+        procs_by_name[name] = procs.start(
+            name,
+            "send",
+            "--json",
+            "--tor-only",
+            "--tor-control",
+            control,
+            "--timeout",
+            str(TIMEOUT),
+            text,
+            env={"P2PD_PASSPHRASE": phrase},
+        )
+    results = {
+        name: procs.finish(proc, timeout=TIMEOUT + 30) for name, proc in procs_by_name.items()
+    }
+    for name, other in (("a", "b"), ("b", "a")):
+        rc, out, err = results[name]
+        assert rc == 0, f"{name}: {err}"
+        events = json_events(out)
+        assert {e["path"] for e in events if e["event"] == "connected"} == {"tor"}, events
+        assert [e["text"] for e in events if e["event"] == "message"] == [f"from {other}"]
+        tor_states = [e["state"] for e in events if e["event"] == "tor"]
+        assert tor_states[:1] == ["bootstrapped"] and "met" in tor_states, events
+    pids = net.pids
+    for name in ("a", "b"):
+        os.kill(pids[name], 0)  # still running: p2pd attached, so it did not stop it
+        assert not (procs.tmp / name / "tor-nodes").exists()  # no tor of p2pd's own
+        assert _detached_onions(net, name) == []  # none outlives p2pd's control link
+
+
+def _detached_onions(net: tornet.TorNet, name: str) -> list[str]:
+    """Onion services of a network client that outlive their control connection (an
+    ephemeral one without ``Detach`` dies with it; another connection cannot see those)."""
+    with Controller.from_port(port=net.clients[name].control_port) as controller:
+        controller.authenticate()
+        detached = controller.get_info("onions/detached", "")
+    return [line for line in detached.splitlines() if line.strip()]
