@@ -488,14 +488,15 @@ def cmd_invite(args: argparse.Namespace) -> int:
     from p2pd.invite import new_invite  # noqa: PLC0415
     from p2pd.node_types import TorInvite  # noqa: PLC0415
 
+    if args.chat and args.count is not None:
+        raise LocalError("invite --chat ends at end of input, not after --count messages")
     invite, seed = new_invite(time.time(), args.ttl)
     tor = TorInvite(address=invite.address, expires_at=invite.expires_at, seed=seed)
     node = _make_node(args, None, invite=(invite.params(), tor))
     output = Output(args.json)
     expires = float(invite.expires_at)
-    return int(
-        trio.run(partial(run_invite, qr=args.qr), node, invite.text(), expires, args.count, output)
-    )
+    run = partial(run_invite, qr=args.qr, chat=sys.stdin if args.chat else None)
+    return int(trio.run(run, node, invite.text(), expires, args.count, output))
 
 
 def _add_invite_option(parser: argparse.ArgumentParser) -> None:
@@ -529,6 +530,11 @@ def _add_invite_command(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     invite.add_argument("--count", type=int, metavar="N", help="exit after N messages")
     invite.add_argument("--no-qr", dest="qr", action="store_false", help="print no QR code")
+    invite.add_argument(
+        "--chat",
+        action="store_true",
+        help="chat with the peer (stdin lines to it) instead of only listening",
+    )
     add_invite_tor_options(invite)
     # What _make_node reads: an invite's node is Tor only, with no other path.
     invite.set_defaults(

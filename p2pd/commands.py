@@ -236,10 +236,18 @@ async def run_offer(node: Node, ttl: float, listen: bool, count: int | None, out
 
 
 async def run_invite(
-    node: Node, text: str, expires_at: float, count: int | None, output: Output, *, qr: bool = True
+    node: Node,
+    text: str,
+    expires_at: float,
+    count: int | None,
+    output: Output,
+    *,
+    qr: bool = True,
+    chat: TextIO | None = None,
 ) -> int:
     """``p2pd invite``: print the invite (text and QR) on stdout, serve its onion until one
-    peer completes the handshake (then the onion is withdrawn), and listen to that peer."""
+    peer completes the handshake (then the onion is withdrawn), and listen to that peer,
+    or with ``chat`` (the lines to send) chat with it as ``p2pd chat`` does."""
     from p2pd.invite import InviteUnusedError  # noqa: PLC0415
     from p2pd.qr import render_qr  # noqa: PLC0415
 
@@ -271,6 +279,8 @@ async def run_invite(
             raise InviteUnusedError("the invite expired unused")
         assert node.tor is not None
         node.tor.spend()  # one peer only: the onion is withdrawn
+        if chat is not None:
+            return await _chat(node, output, chat, peer)
         _peer_up(output, peer)
         node.send_message(peer.peer_id, messages.hello("listen"))
         return await _listen(node, count, None, output)
@@ -314,70 +324,86 @@ async def run_chat(node: Node, output: Output, stdin: TextIO = sys.stdin) -> int
     at end of input, wait until every line reached at least one peer, then close."""
 
     async def body() -> int:
-        peers: set[bytes] = set()
-        typed: list[str] = []
-        #: (peer, message id) -> index of the typed line it carries, until delivered.
-        pending: dict[tuple[bytes, int], int] = {}
-        #: Indexes of typed lines that reached at least one peer.
-        reached: set[int] = set()
-        eof = trio.Event()
         _ready(node, output)
-
-        def deliver(peer_id: bytes, index: int) -> None:
-            message_id = node.send_message(peer_id, messages.text(typed[index]))
-            pending[(peer_id, message_id)] = index
-
-        def done() -> bool:
-            """End of input, and every line reached a peer (or is on its way to one)."""
-            if not eof.is_set() or pending:
-                return False
-            return bool(peers) or len(reached) == len(typed)
-
-        async def read_lines() -> None:
-            while True:
-                line = await trio.to_thread.run_sync(stdin.readline, abandon_on_cancel=True)
-                if not line:
-                    eof.set()
-                    node.kick()
-                    return
-                typed.append(line.rstrip("\n"))
-                for peer_id in list(peers):
-                    deliver(peer_id, len(typed) - 1)
-
-        async with trio.open_nursery() as inner:
-            inner.start_soon(read_lines)
-            async for event in node.events:
-                if isinstance(event, PeerUp):
-                    peers.add(event.peer_id)
-                    _peer_up(output, event)
-                    node.send_message(event.peer_id, messages.hello("chat"))
-                    for index in range(len(typed)):
-                        deliver(event.peer_id, index)
-                elif isinstance(event, MessageIn):
-                    _message(output, event)
-                elif isinstance(event, (PathChanged, TorProgress)):
-                    _path_changed(output, event)
-                elif isinstance(event, Delivered):
-                    key = (event.peer_id, event.message_id)
-                    if key in pending:
-                        reached.add(pending.pop(key))
-                elif isinstance(event, PeerDown):
-                    peers.discard(event.peer_id)
-                    for key in [k for k in pending if k[0] == event.peer_id]:
-                        del pending[key]
-                if done():
-                    break
-            inner.cancel_scope.cancel()
-        for peer_id in peers:
-            node.close_peer(peer_id)
-        with trio.move_on_after(CLOSE_LINGER):
-            while peers:
-                event = await node.events.receive()
-                if isinstance(event, PeerDown):
-                    peers.discard(event.peer_id)
-        return 0
+        return await _chat(node, output, stdin, None)
 
     return int(await _with_signals(node, body))
+
+
+async def _chat(node: Node, output: Output, stdin: TextIO, first: PeerUp | None) -> int:
+    """:func:`run_chat` inside the signal handling; ``first`` is a peer already up (the
+    invite's), greeted as if it had just connected."""
+    peers: set[bytes] = set()
+    typed: list[str] = []
+    #: (peer, message id) -> index of the typed line it carries, until delivered.
+    pending: dict[tuple[bytes, int], int] = {}
+    #: Indexes of typed lines that reached at least one peer.
+    reached: set[int] = set()
+    eof = trio.Event()
+
+    def deliver(peer_id: bytes, index: int) -> None:
+        message_id = node.send_message(peer_id, messages.text(typed[index]))
+        pending[(peer_id, message_id)] = index
+
+    def done() -> bool:
+        """End of input, and every line reached a peer (or is on its way to one)."""
+        if not eof.is_set() or pending:
+            return False
+        return bool(peers) or len(reached) == len(typed)
+
+    async def read_lines() -> None:
+        while True:
+            line = await trio.to_thread.run_sync(stdin.readline, abandon_on_cancel=True)
+            if not line:
+                eof.set()
+                node.kick()
+                return
+            typed.append(line.rstrip("\n"))
+            for peer_id in list(peers):
+                deliver(peer_id, len(typed) - 1)
+
+    def greet(event: PeerUp) -> None:
+        peers.add(event.peer_id)
+        _peer_up(output, event)
+        node.send_message(event.peer_id, messages.hello("chat"))
+        for index in range(len(typed)):
+            deliver(event.peer_id, index)
+
+    if first is not None:
+        greet(first)
+    async with trio.open_nursery() as inner:
+        inner.start_soon(read_lines)
+        async for event in node.events:
+            if isinstance(event, PeerUp):
+                greet(event)
+            elif isinstance(event, MessageIn):
+                _message(output, event)
+            elif isinstance(event, (PathChanged, TorProgress)):
+                _path_changed(output, event)
+            elif isinstance(event, Delivered):
+                key = (event.peer_id, event.message_id)
+                if key in pending:
+                    reached.add(pending.pop(key))
+            elif isinstance(event, PeerDown):
+                peers.discard(event.peer_id)
+                for key in [k for k in pending if k[0] == event.peer_id]:
+                    del pending[key]
+            if done():
+                break
+        inner.cancel_scope.cancel()
+    await _close_all(node, peers)
+    return 0
+
+
+async def _close_all(node: Node, peers: set[bytes]) -> None:
+    """Close every peer and wait (a little) until each says it is down."""
+    for peer_id in peers:
+        node.close_peer(peer_id)
+    with trio.move_on_after(CLOSE_LINGER):
+        while peers:
+            event = await node.events.receive()
+            if isinstance(event, PeerDown):
+                peers.discard(event.peer_id)
 
 
 async def run_relay(bind: tuple[str, int], max_bytes: int | None, output: Output) -> int:

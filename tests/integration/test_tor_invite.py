@@ -150,6 +150,48 @@ def test_a_joiner_with_only_the_invite_delivers_over_tor_and_the_invite_works_on
     )
 
 
+def _next_of(proc: subprocess.Popen[str], kind: str, timeout: float) -> dict[str, Any]:
+    return _until(proc, kind, timeout)[-1]
+
+
+def test_invite_chat_and_chat_invite_talk_both_ways(procs: Procs, net: tornet.TorNet) -> None:
+    """``p2pd invite --chat`` and ``p2pd chat --invite``: lines typed on either side reach
+    the other over Tor; end of input ends both."""
+    inviter = procs.start(
+        "host", "invite", "--chat", "--json", "--tor-config",
+        str(_logged_torrc(net, procs, "host")), "--ttl", "600", interactive=True,
+    )  # fmt: skip
+    code = _next_of(inviter, "invite", PRINT_TIMEOUT)["invite"]
+    joiner = procs.start(
+        "j1", "chat", "--json", "--invite", code, "--tor-config",
+        str(_logged_torrc(net, procs, "j1")), interactive=True,
+    )  # fmt: skip
+    assert inviter.stdin is not None and joiner.stdin is not None
+    joiner.stdin.write("typed before the inviter answered\n")
+    joiner.stdin.flush()
+    try:
+        got = _next_of(inviter, "message", TIMEOUT)
+    except Exception as exc:  # a timeout: show what the tors said
+        raise AssertionError(_onion_log(procs, "host", "j1")) from exc
+    assert got["text"] == "typed before the inviter answered"
+    inviter.stdin.write("from the inviter\n")
+    inviter.stdin.flush()
+    assert _next_of(joiner, "message", 60)["text"] == "from the inviter"
+    joiner.stdin.close()
+    inviter.stdin.close()
+    joiner.stdin = inviter.stdin = None
+    assert procs.finish(joiner, timeout=60)[0] == 0
+    assert procs.finish(inviter, timeout=60)[0] == 0
+
+
+def test_invite_chat_takes_no_count(procs: Procs) -> None:
+    rc, out, err = procs.finish(procs.start("host", "invite", "--chat", "--count", "1"))
+    assert rc == 2 and out == ""
+    assert (
+        err.strip() == "p2pd: error: invite --chat ends at end of input, not after --count messages"
+    )
+
+
 def test_an_invite_nobody_used_expires_with_exit_code_3(procs: Procs, torrc: Path) -> None:
     started = time.monotonic()
     inviter = procs.start("host", "invite", "--tor-config", str(torrc), "--ttl", "4", "--no-qr")
