@@ -17,6 +17,7 @@ from pathlib import Path
 from stem.control import Controller
 
 from tests.integration.conftest import Procs, fresh_passphrase, json_events, read_line
+from tests.integration.daemon_fixture import Daemons, daemons_fixture  # noqa: F401  (fixture)
 from tests.netlab import tornet
 
 #: No LAN beacon, no mDNS, no gateway: the processes can meet only through Tor.
@@ -175,3 +176,38 @@ def _detached_onions(net: tornet.TorNet, name: str) -> list[str]:
         controller.authenticate()
         detached = controller.get_info("onions/detached", "")
     return [line for line in detached.splitlines() if line.strip()]
+
+
+def test_a_daemon_configured_tor_only_in_its_file_reaches_a_tor_only_listener(
+    procs: Procs, daemons: Daemons, net: tornet.TorNet, tmp_path: Path
+) -> None:
+    """The daemon's ``[tor]`` table (``only``, ``config``) makes its session Tor only: the
+    session says so, and its message reaches a ``listen --tor-only`` peer on path ``tor``."""
+    phrase = fresh_passphrase()
+    phrase_file = tmp_path / "team.phrase"
+    phrase_file.write_text(phrase + "\n")
+    phrase_file.chmod(0o600)
+    torrc = net.write_p2pd_torrc(tmp_path / "daemon.torrc")
+    config = tmp_path / "p2pd.toml"
+    config.write_text(
+        f'[tor]\nonly = true\nconfig = "{torrc}"\n\n'
+        f'[[sessions]]\npassphrase_file = "{phrase_file}"\n'
+    )
+    listener = procs.start(
+        "l", "listen", "--json", "--tor-only", "--tor-config", str(torrc), "--count", "1",
+        "--timeout", str(TIMEOUT), env={"P2PD_PASSPHRASE": phrase},
+    )  # fmt: skip
+    handle = daemons.start("d", "--config", str(config))
+    (session,) = handle.get("/v1/sessions").json()["sessions"]
+    assert session["wan"]["tor_only"] is True, session
+    response = handle.post(
+        f"/v1/sessions/{session['id']}/send",
+        {"text": "from the daemon", "wait_peer": TIMEOUT},
+        timeout=TIMEOUT + 30,
+    )
+    assert response.status_code == 200, response.text
+    rc, out, err = procs.finish(listener, timeout=60)
+    assert rc == 0, err
+    events = json_events(out)
+    assert {e["path"] for e in events if e["event"] == "connected"} == {"tor"}, events
+    assert [e["text"] for e in events if e["event"] == "message"] == ["from the daemon"]
