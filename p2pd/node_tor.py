@@ -13,8 +13,12 @@ Tor stream is open.  A stream that closes (the peer left, or the session moved t
 path and the stream idled out) makes the runner wait for the same condition again, so a
 node that loses its direct path meets at the onion anew.
 
-Errors: a setup failure (tor missing, control port refused, no bootstrap) is the user's to
-fix and ends the node with one clear line; a meeting that times out is counted and retried.
+Errors: a setup failure (tor missing, control port refused) is the user's to fix and ends
+the node with one clear line; a meeting that times out is counted and retried.  A tor that
+does not bootstrap in time is the network's doing, not the user's: with ``--tor`` Tor is
+only the last resort, so the node keeps its other paths, reports ``bootstrap_timeout`` and
+launches (or asks) tor again after :data:`TOR_RETRY`; with ``--tor-only`` (or an invite)
+nothing else could carry the session, so the node ends with that one line.
 
 Invites (:mod:`p2pd.invite`, ``TorSettings.invite``) replace the meeting by two plain roles,
 with no hello (the onion is not shared by the two ends, so nobody can reach itself):
@@ -49,6 +53,7 @@ from p2pd.node_types import NodeEvent, TorInvite, TorProgress, TorSettings
 from transports.onion import OnionIdentity, Outcome, plan_after
 from transports.tor import (
     LOOPBACK,
+    TorBootstrapTimeout,
     TorConnectError,
     TorControlError,
     TorLauncher,
@@ -61,6 +66,8 @@ from transports.tor_meet import CONNECT_TIMEOUT, MEET_PUBLISH_WAIT, ONION_PORT, 
 MEET_TIMEOUT: Final = 300.0
 #: Pause after a meeting that timed out, before the next one.
 MEET_RETRY: Final = 5.0
+#: Pause after tor failed to bootstrap (``--tor`` only), before trying it again.
+TOR_RETRY: Final = 60.0
 #: Directory under the state directory holding one tor data directory per passphrase
 #: (named by the public rendezvous id), so nodes of one daemon never share a tor lock.
 TOR_NODES_DIR: Final = "tor-nodes"
@@ -149,13 +156,22 @@ class TorRunner:
         self._on_progress(TorProgress(state, trio.current_time() - since))
 
     async def run(self) -> None:
-        """Launch or attach, then meet whenever needed (or serve the invite), until cancelled."""
-        launcher = self._launcher()
-        try:
-            await self._run(launcher)
-        finally:
-            if self.settings.invite is not None and launcher.state_dir is not None:
-                shutil.rmtree(launcher.state_dir, ignore_errors=True)
+        """Launch or attach, then meet whenever needed (or serve the invite), until cancelled;
+        a tor that does not bootstrap is tried again unless Tor is the only path."""
+        while True:
+            started = trio.current_time()
+            launcher = self._launcher()
+            try:
+                await self._run(launcher)
+            except TorBootstrapTimeout:
+                if self.settings.only:
+                    raise
+                self.counters["tor_bootstrap_timeout"] += 1
+                self._progress("bootstrap_timeout", started)
+            finally:
+                if self.settings.invite is not None and launcher.state_dir is not None:
+                    shutil.rmtree(launcher.state_dir, ignore_errors=True)
+            await trio.sleep(TOR_RETRY)
 
     async def _run(self, launcher: TorLauncher) -> None:
         started = trio.current_time()

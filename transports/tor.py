@@ -121,6 +121,11 @@ class TorControlError(LocalError):
     """tor could not be launched, reached, authenticated or asked to do something."""
 
 
+class TorBootstrapTimeout(TorControlError):
+    """tor runs (or was reached) but did not finish bootstrapping in time: a slow or blocked
+    network, not a mistake of the user's; the caller may go on without Tor and try again."""
+
+
 class TorPublishTimeout(TorControlError):
     """tor took the service but reported no descriptor upload in time (it may still come)."""
 
@@ -343,9 +348,13 @@ class TorLauncher:
             return proc
 
         self._process = await trio.to_thread.run_sync(launch)
-        with trio.fail_after(self.bootstrap_timeout):
+        with trio.move_on_after(self.bootstrap_timeout):
             while not control_file.exists():
                 await trio.sleep(BOOTSTRAP_POLL)
+        if not control_file.exists():
+            raise TorBootstrapTimeout(
+                f"tor opened no control port in {self.bootstrap_timeout:.0f} s"
+            )
         return _parse_control_file(control_file.read_text())
 
     def _open_controller(self, control: Addr) -> Any:
@@ -385,7 +394,10 @@ class TorLauncher:
                     return
                 await trio.sleep(BOOTSTRAP_POLL)
         if scope.cancelled_caught:
-            raise TorControlError(f"tor did not bootstrap in {self.bootstrap_timeout:.0f} s")
+            raise TorBootstrapTimeout(
+                f"tor did not bootstrap in {self.bootstrap_timeout:.0f} s "
+                "(a slow or blocked network? bridges go in --tor-config)"
+            )
 
     def _require_controller(self) -> Any:
         if self._controller is None:

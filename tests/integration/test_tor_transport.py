@@ -23,6 +23,7 @@ from transports.onion import RENDEZVOUS_TIMEOUT, OnionIdentity
 from transports.tor import (
     LOOPBACK,
     TOR_DIR,
+    TorBootstrapTimeout,
     TorConnectError,
     TorControlError,
     TorLauncher,
@@ -72,6 +73,20 @@ async def test_missing_tor_names_the_package(
     with pytest.raises(TorMissingError, match=r"apt install tor.*brew install tor"):
         async with TorLauncher(state_dir=tmp_path / "state"):
             pass  # pragma: no cover
+
+
+async def test_a_tor_that_cannot_bootstrap_is_a_bootstrap_timeout(tmp_path: Path) -> None:
+    """A real tor with ``DisableNetwork 1`` (it dials nothing, so it never bootstraps): the
+    launcher gives up with TorBootstrapTimeout, the error a node may survive, and stops it."""
+    launcher = TorLauncher(
+        state_dir=tmp_path / "state", torrc={"DisableNetwork": "1"}, bootstrap_timeout=4.0
+    )
+    started = trio.current_time()
+    with pytest.raises(TorBootstrapTimeout, match="did not bootstrap in 4 s"):
+        async with launcher:
+            pass  # pragma: no cover
+    assert 4.0 <= trio.current_time() - started < 30.0
+    assert launcher._process is None or launcher._process.poll() is not None
 
 
 async def test_socks_refusal_reason_is_reported() -> None:
