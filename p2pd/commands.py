@@ -69,11 +69,16 @@ def _peer_up(output: Output, event: PeerUp) -> None:
 
 def _path_changed(output: Output, event: PathChanged | TorProgress) -> None:
     if isinstance(event, TorProgress):
-        output.event(
-            {"event": "tor", "state": event.state, "elapsed_ms": round(event.elapsed * 1000, 1)},
-            f"p2pd: tor {event.state.replace('_', ' ')} after {event.elapsed:.1f} s",
-            status=True,
-        )
+        obj: dict[str, Any] = {
+            "event": "tor",
+            "state": event.state,
+            "elapsed_ms": round(event.elapsed * 1000, 1),
+        }
+        state = event.state.replace("_", " ")
+        if event.percent is not None:
+            obj["percent"] = event.percent
+            state = f"{state} {event.percent}%"
+        output.event(obj, f"p2pd: tor {state} after {event.elapsed:.1f} s", status=True)
         return
     output.event(
         {

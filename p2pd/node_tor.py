@@ -136,7 +136,7 @@ class TorRunner:
         assert self.settings.invite is not None
         return "host" if self.settings.invite.host else "join"
 
-    def _launcher(self) -> TorLauncher:
+    def _launcher(self, since: float) -> TorLauncher:
         settings = self.settings
         state_dir: Path | None = None
         if settings.control is None:
@@ -149,18 +149,32 @@ class TorRunner:
             password=settings.password,
             cookie_path=settings.cookie_path,
             torrc=settings.torrc,
+            on_bootstrap=self._bootstrap_shower(since),
         )
 
-    def _progress(self, state: str, since: float) -> None:
+    def _progress(self, state: str, since: float, percent: int | None = None) -> None:
         self.state = state
-        self._on_progress(TorProgress(state, trio.current_time() - since))
+        self._on_progress(TorProgress(state, trio.current_time() - since, percent))
+
+    def _bootstrap_shower(self, since: float) -> Callable[[int], None]:
+        """What the launcher calls as tor bootstraps: a ``bootstrapping`` event each time
+        the percentage enters a new tenth (below 100, which ``bootstrapped`` says)."""
+        shown = -1
+
+        def show(percent: int) -> None:
+            nonlocal shown
+            if percent // 10 > shown and percent < 100:
+                shown = percent // 10
+                self._progress("bootstrapping", since, percent)
+
+        return show
 
     async def run(self) -> None:
         """Launch or attach, then meet whenever needed (or serve the invite), until cancelled;
         a tor that does not bootstrap is tried again unless Tor is the only path."""
         while True:
             started = trio.current_time()
-            launcher = self._launcher()
+            launcher = self._launcher(started)
             try:
                 await self._run(launcher)
             except TorBootstrapTimeout:

@@ -70,11 +70,13 @@ class PathChanged:
 
 @dataclass(frozen=True, slots=True)
 class TorProgress:
-    """Tor moved on: ``bootstrapped``, ``meeting`` (at the onion), ``met``, ``meet_timeout``;
-    ``elapsed`` seconds since the node started (bootstrapped) or the meeting began."""
+    """Tor moved on: ``bootstrapping`` (with ``percent``, each tenth), ``bootstrapped``,
+    ``bootstrap_timeout``, ``meeting`` (at the onion), ``met``, ``meet_timeout``; ``elapsed``
+    seconds since tor was started (bootstrapping) or the meeting began."""
 
     state: str
     elapsed: float
+    percent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,7 @@ import math
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -111,6 +111,14 @@ SOCKS_REPLIES = {
     0xF7: "onion_intro_timed_out",
 }
 _ADDRESS_SIZES = {SOCKS_ATYP_IPV4: 4, SOCKS_ATYP_IPV6: 16}
+
+
+def bootstrap_percent(phase: str) -> int | None:
+    """The ``PROGRESS=N`` of tor's ``status/bootstrap-phase`` (0-100), None if absent or bad."""
+    match = re.search(r"\bPROGRESS=(\d{1,3})\b", phase)
+    if match is None or int(match.group(1)) > 100:
+        return None
+    return int(match.group(1))
 
 
 class TorMissingError(LocalError):
@@ -267,7 +275,9 @@ class TorLauncher:
         torrc: Mapping[str, TorrcValue] | None = None,
         tor_cmd: str = "tor",
         bootstrap_timeout: float = BOOTSTRAP_TIMEOUT,
+        on_bootstrap: Callable[[int], None] | None = None,
     ) -> None:
+        """on_bootstrap: called with tor's bootstrap percentage each time it grows."""
         if control is None and state_dir is None:
             raise LocalError("TorLauncher needs a state directory to launch tor, or control=")
         self.state_dir = state_dir
@@ -277,6 +287,7 @@ class TorLauncher:
         self.torrc = dict(torrc or {})
         self.tor_cmd = tor_cmd
         self.bootstrap_timeout = bootstrap_timeout
+        self._on_bootstrap = on_bootstrap
         self.socks: Addr | None = None
         self._controller: Any = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -387,10 +398,15 @@ class TorLauncher:
         return await trio.to_thread.run_sync(call)
 
     async def _wait_bootstrapped(self) -> None:
+        shown = -1
         with trio.move_on_after(self.bootstrap_timeout) as scope:
             while True:
                 phase = await self._call(self._controller.get_info, "status/bootstrap-phase")
-                if "PROGRESS=100" in str(phase):
+                percent = bootstrap_percent(str(phase))
+                if percent is not None and percent > shown and self._on_bootstrap is not None:
+                    shown = percent
+                    self._on_bootstrap(percent)
+                if percent == 100:
                     return
                 await trio.sleep(BOOTSTRAP_POLL)
         if scope.cancelled_caught:

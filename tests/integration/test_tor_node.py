@@ -63,6 +63,11 @@ def test_started_at_the_same_instant_they_meet_over_tor_and_talk_both_ways(
         messages = [e for e in events if e["event"] == "message"]
         assert [m["text"] for m in messages] == [f"from {other}"], events
         assert any(e["event"] == "delivered" for e in events), events
+        # Its own tor's bootstrap is shown as it goes, then once done.
+        tor = [e for e in events if e["event"] == "tor"]
+        booting = [e["percent"] for e in tor if e["state"] == "bootstrapping"]
+        assert booting and booting == sorted(booting) and booting[-1] < 100, tor
+        assert tor[len(booting)]["state"] == "bootstrapped", tor
 
 
 def test_tor_only_carries_five_mib_intact(procs: Procs, torrc: Path, tmp_path: Path) -> None:

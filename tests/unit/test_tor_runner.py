@@ -20,7 +20,7 @@ import trio.testing
 from p2pd.derive import params_from_master
 from p2pd.node_tor import TOR_RETRY, TorRunner
 from p2pd.node_types import NodeEvent, TorProgress, TorSettings
-from transports.tor import TorBootstrapTimeout
+from transports.tor import TorBootstrapTimeout, bootstrap_percent
 
 
 class _NeverBootstraps:
@@ -53,7 +53,7 @@ class _Runner(TorRunner):
         )
         self._launches = launches
 
-    def _launcher(self) -> Any:
+    def _launcher(self, since: float) -> Any:
         return _NeverBootstraps(120.0, self._launches)
 
 
@@ -83,3 +83,28 @@ async def test_tor_only_ends_with_the_bootstrap_timeout(
     with pytest.raises(TorBootstrapTimeout, match="did not bootstrap in 120 s"):
         await runner.run()
     assert len(launches) == 1 and events == []
+
+
+@pytest.mark.parametrize(
+    ("phase", "percent"),
+    [
+        ('NOTICE BOOTSTRAP PROGRESS=45 TAG=requesting_descriptors SUMMARY="Asking"', 45),
+        ('NOTICE BOOTSTRAP PROGRESS=100 TAG=done SUMMARY="Done"', 100),
+        ("NOTICE BOOTSTRAP TAG=starting", None),
+        ("PROGRESS=250", None),
+        ("XPROGRESS=5", None),
+        ("", None),
+    ],
+)
+def test_the_bootstrap_percentage_is_read_from_the_phase(phase: str, percent: int | None) -> None:
+    assert bootstrap_percent(phase) == percent
+
+
+async def test_bootstrapping_is_shown_once_a_tenth_and_not_at_100(tmp_path: Path) -> None:
+    runner, _, events = _runner(tmp_path, only=False)
+    show = runner._bootstrap_shower(trio.current_time())
+    for percent in (0, 5, 10, 14, 15, 25, 30, 45, 50, 89, 90, 95, 100):
+        show(percent)
+    shown = [e.percent for e in events if isinstance(e, TorProgress)]
+    assert shown == [0, 10, 25, 30, 45, 50, 89, 90]
+    assert {e.state for e in events if isinstance(e, TorProgress)} == {"bootstrapping"}
