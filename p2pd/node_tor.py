@@ -51,10 +51,10 @@ from p2pd.derive import Params
 from p2pd.invite import CLOCK_SKEW, InviteUnusedError
 from p2pd.node_types import NodeEvent, TorInvite, TorProgress, TorSettings
 from transports.onion import OnionIdentity, Outcome, plan_after
+from transports.socks5 import TorConnectError
 from transports.tor import (
     LOOPBACK,
     TorBootstrapTimeout,
-    TorConnectError,
     TorControlError,
     TorLauncher,
     TorPublishTimeout,

@@ -29,14 +29,12 @@ from transports.onion import (
     parse_hello_untrusted,
     plan_after,
 )
+from transports.socks5 import TorConnectError, receive_exactly, socks5_connect
 from transports.tor import (
     LOOPBACK,
-    TorConnectError,
     TorControlError,
     TorLauncher,
     TorPublishTimeout,
-    _receive_exactly,
-    socks5_connect,
 )
 
 #: Jitter source of the retry plans (not secret, but not predictable either).
@@ -92,7 +90,7 @@ class _Meeting:
 
 async def _receive_exactly_or_none(stream: trio.SocketStream, size: int) -> bytes | None:
     try:
-        return await _receive_exactly(stream, size)
+        return await receive_exactly(stream, size)
     except (TorConnectError, trio.BrokenResourceError):
         return None
 

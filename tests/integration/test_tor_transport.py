@@ -20,16 +20,14 @@ from p2pd.derive import params_from_master
 from p2pd.errors import LocalError
 from transports.framing import FrameDecoder, encode_frame
 from transports.onion import RENDEZVOUS_TIMEOUT, OnionIdentity
+from transports.socks5 import TorConnectError, socks5_connect, socks_connect_request
 from transports.tor import (
     LOOPBACK,
     TOR_DIR,
     TorBootstrapTimeout,
-    TorConnectError,
     TorControlError,
     TorLauncher,
     TorMissingError,
-    socks5_connect,
-    socks_connect_request,
 )
 from transports.tor_meet import TorStream, meet
 
