@@ -109,7 +109,14 @@ class Channel:
         self._last_received = now
         self._closed_at = 0.0
         self._counters = dict.fromkeys(
-            ("packets_received", "tail_probes", "rto_count", "messages_sent", "messages_received"),
+            (
+                "packets_received",
+                "tail_probes",
+                "rto_count",
+                "path_changes",
+                "messages_sent",
+                "messages_received",
+            ),
             0,
         )
         self._update_pacing(now)
@@ -130,6 +137,22 @@ class Channel:
             data = bytes(data)
         self._counters["messages_sent"] += 1
         return self._stream.push(data, now)
+
+    def path_changed(self, now: float) -> None:
+        """The peer is reached over another path now (roaming, an upgrade, a fallback).
+
+        As QUIC on a new path (RFC 9000 9.4): the old path's round trip and back-off say
+        nothing of this one, so the RTT estimate starts afresh, and whatever is in flight
+        is probed at once here.  A fallback after a dead path would otherwise wait out an
+        RTO doubled by every unanswered probe on the dead one.
+        """
+        if self._state is State.TERMINATED:
+            return
+        self._rtt.reset()
+        self._update_pacing(now)
+        self._counters["path_changes"] += 1
+        if len(self._recovery):
+            self._probe()
 
     def close(self, now: float) -> None:
         """Stop accepting messages; deliver what is queued, then close both directions."""
@@ -363,6 +386,10 @@ class Channel:
             self._counters["rto_count"] += 1
         else:
             self._counters["tail_probes"] += 1
+        self._probe()
+
+    def _probe(self) -> None:
+        """Send one ack-eliciting probe next, preferably the oldest data in flight."""
         self._probes = 1
         oldest = self._recovery.oldest()
         if oldest is not None:

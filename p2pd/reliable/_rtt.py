@@ -51,8 +51,14 @@ class RttEstimator:
         self._min_rto = min_rto
         self._max_rto = max_rto
         self._granularity = granularity
+        self._initial_rto = initial_rto
         self._base_rto = initial_rto
         self._backoff = 0
+
+    def reset(self) -> None:
+        """Forget every sample: the path changed (RFC 9000 9.4), its round trip is unknown."""
+        self.srtt, self.rttvar, self.latest_rtt, self.min_rtt = None, 0.0, 0.0, math.inf
+        self._base_rto, self._backoff = self._initial_rto, 0
 
     def on_sample(self, rtt: float) -> None:
         """Fold one RTT measurement ``rtt`` into SRTT, RTTVAR and RTO (RFC 6298 2.2-2.3)."""

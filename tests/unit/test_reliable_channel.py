@@ -334,3 +334,35 @@ def test_stats_report_the_documented_keys() -> None:
 def test_events_are_plain_values() -> None:
     assert MessageReceived(b"x") == MessageReceived(b"x")
     assert MessageDelivered(1, 0.5).rtt == 0.5
+
+
+def _through_a_dead_path(change_path: bool) -> tuple[float, Network]:
+    """A fast path (1 ms) carries a first message, then dies while a second is in flight;
+    after five backed-off probes a slow path (250 ms, a Tor stream) takes over.  Returns
+    the seconds from the switch to the second message's arrival."""
+    slow = LinkConfig(delay=0.25)
+    net = Network(LinkConfig(delay=0.001), LinkConfig(delay=0.001))
+    net.a.channel.send_message(b"over the fast path", net.now)
+    net.run_until_delivered(1, 0, max_time=1.0)
+    for link in net.links.values():
+        link.config = LinkConfig(loss=1.0)
+    net.a.channel.send_message(b"lost with the fast path", net.now)
+    net.run(lambda: net.a.channel.stats["rto_count"] >= 5, max_time=IDLE_TIMEOUT)
+    for link in net.links.values():
+        link.config = slow
+    switched = net.now
+    if change_path:
+        net.a.channel.path_changed(net.now)
+        net.b.channel.path_changed(net.now)
+    net.run(lambda: len(net.b.received) == 2, max_time=switched + IDLE_TIMEOUT)
+    assert net.b.received[1] == b"lost with the fast path"
+    return net.b.last_delivery_time - switched, net
+
+
+def test_a_path_change_probes_what_the_dead_path_lost_at_once() -> None:
+    took, net = _through_a_dead_path(change_path=True)
+    assert took == pytest.approx(0.25, abs=0.01)  # one way on the new path, no waiting
+    assert net.a.channel.stats["path_changes"] == 1
+    assert net.a.channel.stats["rto"] >= 0.25  # the fast path's RTT was forgotten
+    waited, _ = _through_a_dead_path(change_path=False)
+    assert waited > 2.0, "without it, the backed-off probe timer decides (the control)"
