@@ -105,6 +105,11 @@ def _same_rank(addr: Addr) -> int:
     return 0
 
 
+def _never_warm(addr: Addr) -> bool:
+    """No standby paths: a path left is left."""
+    return False
+
+
 def _crossed(session: Session, since: float) -> bool:
     """Whether the peer gave us a fresh keypair (as its responder) since ``since``."""
     return any(
@@ -125,6 +130,7 @@ class Endpoint:
         rng: Callable[[int], bytes] = os.urandom,
         limits: SessionLimits | None = None,
         path_rank: Callable[[Addr], int] | None = None,
+        keep_warm: Callable[[Addr], bool] | None = None,
     ) -> None:
         self.params = params
         self.identity = identity
@@ -135,7 +141,13 @@ class Endpoint:
         #: When this endpoint was made (monotonic).
         self.created_at = now
         self._rng = rng
-        self._table = PeerTable(self.limits, rng, path_rank or _same_rank)
+        self._table = PeerTable(
+            self.limits,
+            rng,
+            path_rank or _same_rank,
+            keep_warm or _never_warm,
+            counters=self.counters,
+        )
         self._responding: collections.OrderedDict[int, Responding] = collections.OrderedDict()
         #: Addresses where we found ourselves; never connected to again.
         self._self_addrs: set[Addr] = set()
@@ -193,6 +205,10 @@ class Endpoint:
             raise NoSessionKeys("the keys with this peer expired; a handshake was started")
         self._table.transmit(peer, peer.session.seal(plaintext, now))
         self._maybe_rekey(peer, now)
+
+    def path_closed(self, addr: Addr) -> None:
+        """The link behind the virtual address ``addr`` closed: keep nothing warm there."""
+        self._table.forget_standby(addr)
 
     def close_peer(self, peer_id: bytes) -> None:
         """Forget a peer and its keys now, without an event (unknown peers are ignored)."""

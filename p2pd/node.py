@@ -11,7 +11,10 @@ output until everything is quiescent, then sends what they produced.
 
 Discovery: LAN beacons and mDNS produce candidate addresses; the racer staggers
 connection attempts and reports which path won and how fast.  A peer is its static key;
-its address may change under it (roaming), the channel survives.
+its address may change under it (roaming), the channel survives.  After a session
+upgrades from Tor to a direct path the Tor stream stays open as its warm standby (see
+:meth:`p2pd.peer.PeerTable.authenticated`), so a direct path that dies falls back to Tor
+in seconds, without a new meeting at the onion.
 
 Every task lives in the nursery of :meth:`Node.run`; cancelling it (Ctrl-C, SIGTERM,
 the command being done) closes the socket and unregisters mDNS.
@@ -168,7 +171,9 @@ class Node(WanPaths):
         else:
             self._udp = UdpSocket(config.port or self.params.port)
         self.port = self._udp.port
-        self._endpoint = Endpoint(self.params, self.identity, now=now, path_rank=self.paths.rank)
+        self._endpoint = Endpoint(
+            self.params, self.identity, now=now, path_rank=self.paths.rank, keep_warm=_is_tor
+        )
         self._race = RaceCore(now)
         self._race_started = now
         only = self.tor_only
@@ -417,8 +422,10 @@ class Node(WanPaths):
         elif isinstance(event, PeerAddressChanged):
             peer = self.peers.get(event.peer_id)
             if peer is not None:
-                peer.addr = event.addr
+                peer.addr, before = event.addr, peer.path
                 self._relabel(event.peer_id, peer)
+                if peer.path != before:  # another kind of path: its RTT is another one
+                    peer.channel.path_changed(now)
         elif isinstance(event, PeerLost):
             peer = self.peers.pop(event.peer_id, None)
             if peer is not None:
@@ -517,6 +524,12 @@ class Node(WanPaths):
 
 #: How every ``cands`` message starts: a 2-entry CBOR map whose first key is "t" = "cands".
 CANDS_PREFIX = messages.cands([])[:9]
+
+
+def _is_tor(addr: Addr) -> bool:
+    """The path kept warm after an upgrade: the Tor stream, the one a dead direct path can
+    fall back to without a new meeting (a relay is re-registered, a punch re-run)."""
+    return isinstance(vaddr.parse(addr), vaddr.TorPath)
 
 
 def _cands_first(event: object) -> int:

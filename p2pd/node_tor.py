@@ -9,9 +9,10 @@ other peer" and "is a meeting still needed?".
 When it meets: tor is launched (or attached) at once, because bootstrapping takes longer
 than the other paths need; the meeting starts :attr:`TorSettings.after` seconds after the
 node started (immediately with ``--tor-only``), and only while no peer is connected and no
-Tor stream is open.  A stream that closes (the peer left, or the session moved to a direct
-path and the stream idled out) makes the runner wait for the same condition again, so a
-node that loses its direct path meets at the onion anew.
+Tor stream is open.  A session that moved to a direct path keeps its stream as a warm
+standby (:mod:`p2pd.peer`), so losing the direct path needs no new meeting; a stream that
+closes (the peer left, the Tor network lost it) makes the runner wait for the same
+condition again, so a node left with nothing meets at the onion anew.
 
 Errors: a setup failure (tor missing, control port refused) is the user's to fix and ends
 the node with one clear line; a meeting that times out is counted and retried.  A tor that

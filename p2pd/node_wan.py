@@ -235,6 +235,8 @@ class WanPaths:
     def _on_link_closed(self, link: int) -> None:
         if link in self._tor_links:
             self._tor_links.discard(link)
+            if self._endpoint is not None:
+                self._endpoint.path_closed(vaddr.tor_addr(link))
             if self.tor is not None:
                 self.tor.poke()
         elif self.wan is not None:

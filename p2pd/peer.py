@@ -64,6 +64,16 @@ TIMER_SLACK: Final = 1e-6
 #: expired, a Wi-Fi link dropped).  Long enough that a peer still sending on the old relayed
 #: path while switching does not pull us back; short enough that a dead path costs one RTO.
 PATH_STALE_AFTER: Final = 5.0
+#: While a peer has a warm standby path (a worse path it left for a better one, kept open
+#: as its fallback), each of the two paths carries a packet of ours at least this often: a
+#: keepalive on the standby (a Tor stream is idle-closed after 60 s), and one on the current
+#: path when nothing else went there, so silence on it means the path died, not that the
+#: session is idle (it also keeps the NAT mapping of a punched path open).
+STANDBY_KEEPALIVE: Final = 5.0
+#: A packet from the standby moves the peer back there once the current path has been
+#: silent this long: two and a half keepalive intervals, so one lost keepalive is not a
+#: dead path.  A dead direct path thus falls back within about 12.5-17.5 s.
+STANDBY_STALE_AFTER: Final = 2.5 * STANDBY_KEEPALIVE
 #: DATA packets kept for a responder handshake whose FINISH is late (reordered behind the
 #: initiator's first keepalive); replayed once the FINISH arrives.
 MAX_EARLY_DATA: Final = 2
@@ -146,6 +156,12 @@ class Peer:
     handshake_wanted_at: float | None = None
     #: Last authentic packet from ``addr`` itself (not from another path of this peer).
     addr_heard: float = float("-inf")
+    #: The worse path this peer roamed away from, kept warm as its fallback (None: none).
+    standby: Addr | None = None
+    #: When the next keepalive goes to ``standby``.
+    standby_due: float | None = None
+    #: Something went to ``addr`` since the last standby keepalive.
+    sent_current: bool = False
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -225,10 +241,17 @@ class PeerTable:
         limits: SessionLimits,
         rng: Callable[[int], bytes],
         path_rank: Callable[[Addr], int] = lambda addr: 0,
+        keep_warm: Callable[[Addr], bool] = lambda addr: False,
+        counters: collections.Counter[str] | None = None,
     ) -> None:
         self.limits = limits
+        #: Notable happenings by name (the endpoint's counters when it made this table).
+        self.counters: collections.Counter[str] = (
+            counters if counters is not None else collections.Counter()
+        )
         self._rng = rng
         self._path_rank = path_rank
+        self._keep_warm = keep_warm
         self.peers: dict[bytes, Peer] = {}
         #: Initiation attempts by the address they go to.
         self.attempts: dict[Addr, Attempt] = {}
@@ -326,22 +349,43 @@ class PeerTable:
         reachable over several paths at once (relayed while a punched path opens), so the
         move is ranked: to an equal or better path at once, to a worse one only when the
         current address has been silent for PATH_STALE_AFTER.
+
+        Leaving a worse path that ``keep_warm`` accepts (a Tor stream) makes it the peer's
+        standby: :meth:`tick` sends a keepalive on both paths every STANDBY_KEEPALIVE, which
+        keeps the standby open and, once the better path has been silent
+        STANDBY_STALE_AFTER, moves the other end back onto it; that end answers there at
+        once, and the answer moves us.  Moving to a
+        worse path drops the standby (the path left is better: re-punching, not keepalives,
+        brings it back).
         """
         peer.last_received = now
         if addr == peer.addr:
             peer.addr_heard = now
             return
         rank = self._path_rank
-        if (
-            peer.connected
-            and rank(addr) > rank(peer.addr)
-            and now - peer.addr_heard < PATH_STALE_AFTER
-        ):
+        worse = rank(addr) > rank(peer.addr)
+        stale_after = STANDBY_STALE_AFTER if addr == peer.standby else PATH_STALE_AFTER
+        if peer.connected and worse and now - peer.addr_heard < stale_after:
             return
         old, peer.addr = peer.addr, addr
         peer.addr_heard = now
-        if peer.connected:
-            self.events.append(PeerAddressChanged(peer.peer_id, old, addr))
+        if not peer.connected:
+            return
+        self.events.append(PeerAddressChanged(peer.peer_id, old, addr))
+        if not worse and rank(addr) < rank(old) and self._keep_warm(old):
+            peer.standby, peer.standby_due = old, now + STANDBY_KEEPALIVE
+        elif worse or addr == peer.standby:
+            peer.standby = peer.standby_due = None
+        if worse and peer.session.can_send(now):
+            # Fallen back: answer at once on this path, so the other end (still sending on
+            # the dead one) hears us here and follows without waiting for our next data.
+            self.transmit(peer, peer.session.seal(b"", now))
+
+    def forget_standby(self, addr: Addr) -> None:
+        """``addr`` is closed (its link went): no peer keeps it warm any longer."""
+        for peer in self.peers.values():
+            if peer.standby == addr:
+                peer.standby = peer.standby_due = None
 
     def confirmed(self, peer: Peer, *, initiator: bool, rtt: float) -> None:
         """A new keypair now seals our traffic: PeerConnected the first time, else Rekeyed."""
@@ -361,6 +405,7 @@ class PeerTable:
     def transmit(self, peer: Peer, packet: bytes) -> None:
         self.out.append((packet, peer.addr))
         peer.keepalive_due = None
+        peer.sent_current = True
 
     def open(self, peer: Peer, data: bytes, addr: Addr, now: float) -> None:
         """DATA under one of the peer's keypairs; the first under ``next`` confirms it."""
@@ -386,6 +431,14 @@ class PeerTable:
             peer.keepalive_due = None
             if peer.session.can_send(now):
                 self.transmit(peer, peer.session.seal(b"", now))
+        if peer.standby is not None and peer.standby_due is not None and now >= peer.standby_due:
+            peer.standby_due = now + STANDBY_KEEPALIVE
+            if peer.session.can_send(now):
+                if not peer.sent_current:  # first, so it is heard before the standby's
+                    self.transmit(peer, peer.session.seal(b"", now))
+                self.out.append((peer.session.seal(b"", now), peer.standby))
+                self.counters["standby_keepalives"] += 1
+            peer.sent_current = False
         return True
 
     def remove(self, peer: Peer, *, lost: bool) -> None:
@@ -422,4 +475,6 @@ class PeerTable:
             out.append(expiry + TIMER_SLACK)
         if peer.keepalive_due is not None:
             out.append(peer.keepalive_due)
+        if peer.standby_due is not None:
+            out.append(peer.standby_due)
         return out

@@ -1,6 +1,7 @@
-"""p2pd's Tor path in the lab: ``--tor-only`` sends nothing outside Tor, and ``--tor`` moves on.
+"""p2pd's Tor path in the lab: ``--tor-only`` sends nothing outside Tor, ``--tor`` moves on
+to a punched path and falls back to Tor when that path dies.
 
-Both tests run the lab's private Tor network (`tornet.TorNet`: three authorities and two
+The tests run the lab's private Tor network (`tornet.TorNet`: three authorities and two
 relays on one address of a lab namespace), and every p2pd node launches its own tor inside
 its own namespace, pointed at that network by ``--tor-config`` (`TorNet.write_p2pd_torrc`).
 
@@ -23,6 +24,14 @@ its own namespace, pointed at that network by ``--tor-config`` (`TorNet.write_p2
    loopback and keeps running), so the p2pd tors are cut off, and a line typed on each
    side must still reach the other: it can only have gone over the direct path.
 
+3. The fallback, in the same setup: after the upgrade, alice's router drops every UDP
+   packet it forwards (the punched path dies; Tor is TCP). Lines typed on both sides must
+   arrive, each side reporting ``path`` punched -> tor, with no new meeting at the onion
+   (the stream was kept warm). Then UDP is let through again and both must report tor ->
+   punched (re-punching every 5 s) and exchange lines once more. Two runs here: lines
+   crossed over Tor 15.1 s after the cut (bound: 12.5 s of silence, then the next 5 s
+   keepalive), punched again 4.9 s after UDP came back; 57-68 s per test.
+
 Measured here (2 CPUs, seven runs; bootstrap and connect from the node's own
 ``elapsed_ms`` since its start, the meeting from its own start; the upgrade from the
 chat's output, stamped as it arrives):
@@ -40,6 +49,7 @@ chat's output, stamped as it arrives):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -47,6 +57,7 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +65,7 @@ import pytest
 
 from tests.integration.conftest import fresh_passphrase
 from tests.netlab.lab import Lab
-from tests.netlab.matrix import build_cell, matrix_unavailable_reason
+from tests.netlab.matrix import Cell, build_cell, matrix_unavailable_reason
 from tests.netlab.nftwatch import outbound_counts, send_canary, watch_outbound
 from tests.netlab.nodes import Host
 from tests.netlab.p2pd_procs import REPO, P2pd, finish
@@ -198,10 +209,14 @@ class Chat:
         self.proc.stdin.flush()
 
     def end_input(self) -> int:
-        """Close stdin (chat waits for its lines' delivery, then exits); the exit code."""
+        """Close stdin (chat waits for its lines' delivery, then exits); the exit code.
+        The events not yet waited for are in :attr:`events` afterwards."""
         assert self.proc.stdin is not None
         self.proc.stdin.close()
-        return self.proc.wait(LINE_TIMEOUT)
+        code = self.proc.wait(LINE_TIMEOUT)
+        while (stamped := self._queue.get(timeout=LINE_TIMEOUT)) is not None:
+            self.events.append(stamped)
+        return code
 
 
 def start_chat(lab: Lab, p2pd: P2pd, host: Host, *args: str) -> Chat:
@@ -230,14 +245,13 @@ def tor_packets_dropped(lab: Lab, server: Host) -> int:
     return int(match.group(1))
 
 
-def test_tor_session_moves_to_the_punched_path_with_the_passphrase_alone(
-    lab: Lab, tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def upgraded_chats(lab: Lab, tmp_path: Path) -> Iterator[tuple[Cell, list[Chat]]]:
+    """The eim/eim cell with the Tor network on its server, and two ``chat --tor`` that met
+    over Tor and then moved to the punched path (both checked, times printed)."""
     require_tor()
     require_coturn()
     cell = build_cell(lab, "eim", "eim", assist=False)
-    peers = (cell.alice, cell.bob)
-    started = time.monotonic()
     with TorNet(address=PUBLIC_SERVER, netns=cell.server.netns) as net:
         torrc = net.write_p2pd_torrc(tmp_path / "torrc")
         p2pd, phrase = P2pd(lab, tmp_path), fresh_passphrase()
@@ -245,7 +259,7 @@ def test_tor_session_moves_to_the_punched_path_with_the_passphrase_alone(
         chats = [
             start_chat(lab, p2pd, host, phrase, "--json", "--tor", "--tor-config", str(torrc),
                        *stun, "--no-upnp")
-            for host in peers
+            for host in (cell.alice, cell.bob)
         ]  # fmt: skip
         for chat in chats:
             at, connected = chat.wait_for("connected", CONNECT_TIMEOUT)
@@ -255,14 +269,68 @@ def test_tor_session_moves_to_the_punched_path_with_the_passphrase_alone(
             events, upgrade_ms = [e for _, e in chat.events], (moved_at - at) * 1000
             print(f"{chat.host.name}: {tor_times(events)}; connected {at:.1f} s after spawn, "
                   f"tor -> punched {upgrade_ms:.0f} ms later ({moved['addr']})")  # fmt: skip
+        yield cell, chats
+
+
+def exchange_lines(chats: list[Chat], text: str) -> None:
+    """Each chat types ``text, from NAME``; each must receive the other's."""
+    for chat in chats:
+        chat.type_line(f"{text}, from {chat.host.name}")
+    for chat, other in zip(chats, reversed(chats), strict=True):
+        _, message = chat.wait_for("message", LINE_TIMEOUT)
+        assert message["text"] == f"{text}, from {other.host.name}", message
+
+
+def test_tor_session_moves_to_the_punched_path_with_the_passphrase_alone(
+    lab: Lab, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    with upgraded_chats(lab, tmp_path) as (cell, chats):
         cut_off_tor(lab, cell.server)
-        for chat in chats:
-            chat.type_line(f"over the direct path, from {chat.host.name}")
-        for chat, other in zip(chats, reversed(chats), strict=True):
-            _, message = chat.wait_for("message", LINE_TIMEOUT)
-            assert message["text"] == f"over the direct path, from {other.host.name}", message
+        exchange_lines(chats, "over the direct path")
         for chat in chats:
             assert chat.end_input() == 0, chat.log.read_text()[-2000:]
         print(f"TCP packets to the Tor network dropped after the cut: "
               f"{tor_packets_dropped(lab, cell.server)}")  # fmt: skip
     print(f"tor -> punched pair done in {time.monotonic() - started:.1f} s")
+
+
+def cut_udp(lab: Lab, router: Host) -> None:
+    """Drop every UDP packet the router forwards: the punched path dies, Tor (TCP) lives."""
+    lab.nft(router, "table inet udpcut {\n chain cut {\n"
+                    " type filter hook forward priority filter; policy accept;\n"
+                    " meta l4proto udp counter drop\n }\n}\n")  # fmt: skip
+
+
+def test_a_dead_direct_path_falls_back_to_the_warm_tor_stream_and_comes_back(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """After the upgrade the Tor stream stays open as the standby (keepalives on both
+    paths).  When alice's router starts dropping UDP, lines typed on both sides arrive over
+    Tor with no new meeting, each side reporting ``path`` punched -> tor; once UDP flows
+    again, re-punching brings both back to ``punched``."""
+    started = time.monotonic()
+    with upgraded_chats(lab, tmp_path) as (cell, chats):
+        meetings = [len([e for _, e in chat.events if e.get("state") == "met"]) for chat in chats]
+        cut_udp(lab, cell.routers[0])
+        cut = time.monotonic()
+        exchange_lines(chats, "after the direct path died")
+        for chat in chats:
+            moved = [e for _, e in chat.events if e["event"] == "path"][-1]
+            assert (moved["from"], moved["path"]) == ("punched", "tor"), chat.events
+        fell_back = time.monotonic() - cut
+        lab.nft(cell.routers[0], "delete table inet udpcut\n")
+        restored = time.monotonic()
+        for chat in chats:
+            _, back = chat.wait_for("path", UPGRADE_TIMEOUT)
+            assert (back["from"], back["path"]) == ("tor", "punched"), back
+        punched_again = time.monotonic() - restored
+        exchange_lines(chats, "direct again")
+        for chat, before in zip(chats, meetings, strict=True):
+            assert chat.end_input() == 0, chat.log.read_text()[-2000:]
+            met = [e for _, e in chat.events if e.get("state") == "met"]
+            assert len(met) == before, "the fallback needed a new meeting at the onion"
+    print(
+        f"lines crossed over Tor {fell_back:.1f} s after UDP was cut; punched again "
+        f"{punched_again:.1f} s after it was restored; test {time.monotonic() - started:.1f} s"
+    )

@@ -27,7 +27,7 @@ from p2pd.endpoint import (
     Rekeyed,
 )
 from p2pd.identity import Identity
-from p2pd.peer import PATH_STALE_AFTER
+from p2pd.peer import PATH_STALE_AFTER, STANDBY_KEEPALIVE, STANDBY_STALE_AFTER
 from p2pd.session import REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, NoSessionKeys, SessionLimits
 
 E = TypeVar("E")
@@ -61,9 +61,16 @@ def endpoint(
     params: derive.Params = PARAMS,
     limits: SessionLimits | None = None,
     path_rank: Callable[[Addr], int] | None = None,
+    keep_warm: Callable[[Addr], bool] | None = None,
 ) -> Endpoint:
     return Endpoint(
-        params, identity(seed), now=0.0, rng=seeded(seed), limits=limits, path_rank=path_rank
+        params,
+        identity(seed),
+        now=0.0,
+        rng=seeded(seed),
+        limits=limits,
+        path_rank=path_rank,
+        keep_warm=keep_warm,
     )
 
 
@@ -83,12 +90,15 @@ class Net:
     ``lose(sent)`` decides whether the network drops a datagram; ``delay(sent)`` how long it
     takes.  ``alias`` maps extra addresses to a node (a loopback, or a roamed address from
     which it now sends: ``source`` overrides the source address of a node's datagrams).
+    ``via`` models a link (a Tor stream): a datagram sent to ``dst`` arrives from
+    ``via[dst]``, whatever ``source`` says.
     """
 
     now: float = 0.0
     nodes: dict[Addr, Endpoint] = field(default_factory=dict)
     alias: dict[Addr, Addr] = field(default_factory=dict)
     source: dict[Addr, Addr] = field(default_factory=dict)
+    via: dict[Addr, Addr] = field(default_factory=dict)
     events: dict[Addr, list[Event]] = field(default_factory=dict)
     log: list[Sent] = field(default_factory=list)
     lose: Callable[[Sent], bool] = lambda sent: False
@@ -120,7 +130,7 @@ class Net:
     def _collect(self) -> None:
         for addr, ep in self.nodes.items():
             for data, dst in ep.datagrams_to_send(self.now, self.wall):
-                src = self.source.get(addr, addr)
+                src = self.via.get(dst) or self.source.get(addr, addr)
                 sent = Sent(self.now, src, dst, data, lost=False)
                 sent.lost = self.lose(sent)
                 self.log.append(sent)
@@ -540,6 +550,110 @@ def test_a_worse_path_takes_over_once_the_better_one_is_stale() -> None:
     net.run(1.0)
     b_key = net.nodes[B].identity.public
     assert net.nodes[A].peers[b_key].addr == RELAYED
+
+
+#: The two ends of one Tor stream, as each side addresses the other (virtual addresses);
+#: a datagram to one arrives from the other (``Net.via``).
+TOR_TO_B: Addr = ("100::5:0:1", 1)
+TOR_TO_A: Addr = ("100::5:0:2", 1)
+
+
+def is_tor(addr: Addr) -> bool:
+    return addr in (TOR_TO_A, TOR_TO_B)
+
+
+def upgraded_pair() -> Net:
+    """A and B met over a Tor stream, then A reached B directly (a punched path): both moved
+    to the direct path and keep the stream warm."""
+    net = Net()
+    for addr, seed in ((A, 1), (B, 2)):
+        net.add(addr, endpoint(seed, path_rank=lambda a: 9 if is_tor(a) else 0, keep_warm=is_tor))
+    net.alias.update({TOR_TO_B: B, TOR_TO_A: A})
+    net.via.update({TOR_TO_B: TOR_TO_A, TOR_TO_A: TOR_TO_B})
+    net.connect(A, TOR_TO_B)
+    net.run(1.0)
+    assert net.of(A, PeerConnected)[0].addr == TOR_TO_B
+    assert net.of(B, PeerConnected)[0].addr == TOR_TO_A
+    net.connect(A, B)  # the punched path: a handshake there moves both ends
+    net.run(1.0)
+    a_key, b_key = (net.nodes[x].identity.public for x in (A, B))
+    assert net.of(A, PeerAddressChanged) == [PeerAddressChanged(b_key, TOR_TO_B, B)]
+    assert net.of(B, PeerAddressChanged) == [PeerAddressChanged(a_key, TOR_TO_A, A)]
+    return net
+
+
+def test_both_paths_of_an_idle_upgraded_session_carry_keepalives_and_nobody_moves() -> None:
+    net = upgraded_pair()
+    a_key, b_key = (net.nodes[x].identity.public for x in (A, B))
+    assert net.nodes[A].peers[b_key].standby == TOR_TO_B
+    assert net.nodes[B].peers[a_key].standby == TOR_TO_A
+    start, minute = net.now, 60.0  # a Tor link idle that long would close
+    net.run(minute + 0.5)
+    per_minute = int(minute / STANDBY_KEEPALIVE)
+    for src, dst in ((TOR_TO_A, TOR_TO_B), (TOR_TO_B, TOR_TO_A), (A, B), (B, A)):
+        sent = [s for s in net.sent_between(src, dst) if s.at > start]
+        assert per_minute - 1 <= len(sent) <= per_minute, (src, dst, len(sent))
+        assert {len(s.data) for s in sent} == {wire.DATA_MIN_SIZE}
+        gaps = [b.at - a.at for a, b in itertools.pairwise(sent)]
+        assert max(gaps) <= STANDBY_KEEPALIVE + 0.01
+    assert len(net.of(A, PeerAddressChanged)) == len(net.of(B, PeerAddressChanged)) == 1
+    assert net.nodes[A].peers[b_key].addr == B  # an idle direct path is not a dead one
+    assert net.nodes[A].counters["standby_keepalives"] >= per_minute - 1
+
+
+def test_traffic_on_the_direct_path_spares_its_keepalives_not_the_standbys() -> None:
+    net = upgraded_pair()
+    start = net.now
+    for _ in range(40):
+        net.send(A, B, b"chatter")
+        net.run(0.5)
+    keepalives = [
+        s for s in net.sent_between(A, B) if s.at > start and len(s.data) == wire.DATA_MIN_SIZE
+    ]
+    assert not keepalives
+    assert len([s for s in net.sent_between(TOR_TO_A, TOR_TO_B) if s.at > start]) >= 3
+
+
+def test_when_the_direct_path_dies_both_ends_fall_back_to_the_warm_stream() -> None:
+    net = upgraded_pair()
+    a_key, b_key = (net.nodes[x].identity.public for x in (A, B))
+    net.lose = lambda sent: sent.dst in (A, B)  # the punched path is gone both ways
+    cut = net.now
+    net.send(A, B, b"lost on the direct path")
+    net.run(STANDBY_STALE_AFTER - 1.0)
+    assert net.nodes[A].peers[b_key].addr == B, "one lost keepalive is not a dead path"
+    net.run(STANDBY_KEEPALIVE + 2.0)
+    assert net.nodes[A].peers[b_key].addr == TOR_TO_B
+    assert net.nodes[B].peers[a_key].addr == TOR_TO_A
+    moved = {e for x in (A, B) for e in net.of(x, PeerAddressChanged)[1:]}
+    assert moved == {PeerAddressChanged(b_key, B, TOR_TO_B), PeerAddressChanged(a_key, A, TOR_TO_A)}
+    assert net.nodes[A].peers[b_key].standby is None  # nothing better is left to keep warm
+    net.send(A, B, b"over the stream")
+    net.send(B, A, b"and back")
+    net.run(1.0)
+    assert DataReceived(a_key, b"over the stream") in net.of(B, DataReceived)
+    assert DataReceived(b_key, b"and back") in net.of(A, DataReceived)
+    print(f"fell back {net.now - cut:.1f} s after the cut (bound)")
+
+
+def test_a_closed_standby_gets_no_more_keepalives() -> None:
+    net = upgraded_pair()
+    net.nodes[A].path_closed(TOR_TO_B)  # the stream closed: both ends see its link go
+    net.nodes[B].path_closed(TOR_TO_A)
+    start = net.now
+    net.run(STANDBY_KEEPALIVE * 4)
+    assert not [s for s in net.log if s.at > start and s.dst in (TOR_TO_A, TOR_TO_B)]
+    assert len(net.of(A, PeerAddressChanged)) == len(net.of(B, PeerAddressChanged)) == 1
+
+
+def test_without_keep_warm_a_path_left_is_left() -> None:
+    net = ranked_pair()
+    net.source.pop(B)
+    net.send(B, A, b"direct")
+    net.run(STANDBY_KEEPALIVE * 3)
+    b_key = net.nodes[B].identity.public
+    assert net.nodes[A].peers[b_key].standby is None
+    assert not [s for s in net.log if s.src == A and s.dst == RELAYED and s.at > 1.5]
 
 
 def test_a_forged_packet_from_another_address_does_not_move_the_peer() -> None:
