@@ -354,9 +354,8 @@ class PeerTable:
         standby: :meth:`tick` sends a keepalive on both paths every STANDBY_KEEPALIVE, which
         keeps the standby open and, once the better path has been silent
         STANDBY_STALE_AFTER, moves the other end back onto it; that end answers there at
-        once, and the answer moves us.  Moving to a
-        worse path drops the standby (the path left is better: re-punching, not keepalives,
-        brings it back).
+        once, and the answer moves us.  Moving to a worse path drops the standby (the path
+        left is better: re-punching, not keepalives, brings it back).
         """
         peer.last_received = now
         if addr == peer.addr:
