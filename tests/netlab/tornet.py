@@ -329,6 +329,10 @@ class TorNet:
         self.clients[name] = client
         return client
 
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        """The last lines the named tor logged (for a failure message)."""
+        return self._tors[name].tail(lines)
+
     def wait_bootstrapped(self, names: Sequence[str]) -> None:
         """Block until every named client logged ``Bootstrapped 100%`` and holds a consensus
         listing every relay (bounded).
